@@ -1,0 +1,23 @@
+"""Prompt-based parameter-efficient fine-tuning, one method a file.
+
+Reading order: prompt_model (what all methods share) -> soft_prompt -> p_tuning ->
+deep_prompt -> prefix_tuning; then train (the toy loop), freezing (the proof that only
+the prompt trains), prompt_io (saving a prompt), full_finetune (the reference point).
+"""
+
+from .deep_prompt import DeepPromptConfig, DeepPromptModel
+from .freezing import FreezingReport, check_freezing
+from .full_finetune import FullFineTuneConfig, FullFineTuneModel
+from .p_tuning import PTuningConfig, PTuningModel
+from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
+from .prompt_io import load_prompt, save_prompt
+from .prompt_model import PromptConfig, PromptModel
+from .soft_prompt import SoftPromptConfig, SoftPromptModel
+from .train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "DeepPromptConfig", "DeepPromptModel", "FreezingReport", "FullFineTuneConfig", "FullFineTuneModel",
+    "PTuningConfig", "PTuningModel", "PrefixTuningConfig", "PrefixTuningModel", "PromptConfig", "PromptModel",
+    "SoftPromptConfig", "SoftPromptModel", "TrainConfig", "TrainResult", "check_freezing", "load_prompt",
+    "save_prompt", "train",
+]

@@ -1,0 +1,79 @@
+"""Deep prompt tuning, layerwise form (the idea of P-tuning v2: Liu et al. 2022, §3.2).
+
+A soft prompt acts only at the input. Its influence has to survive every block above it,
+and in a small model it fades: each layer mixes the prompt positions with the real
+tokens, and by the top the prompt is one voice among many. Deep prompts give every layer
+its own P vectors:
+
+    layer 0:   h_0 = [p^0_1..p^0_P, E[x]] + W_pos           prepended, as a soft prompt
+    layer l>0: h_{l-1}[:, :P] := p^l_1..p^l_P                the prompt positions are overwritten
+
+so each block's attention sees fresh, directly trained vectors at the prompt positions.
+Trainable: P * C * L numbers. With only layer 0 kept (`prompt_layers=1`) this is exactly
+the soft prompt, which a test checks.
+
+How this differs from prefix tuning (prefix_tuning.py): a deep prompt is a *hidden
+state*. At every layer it goes through LayerNorm and the key/value projections, and it
+is also a query: the prompt positions attend among themselves and produce outputs (which
+the next layer's prompt then overwrites). A prefix is the *keys and values themselves*,
+injected after the projections, and it is never a query. The P-tuning v2 reference code
+in fact realises "deep prompts" as per-layer key/value prefixes (through GPT-2's
+`past_key_values`), i.e. as prefix tuning; the layerwise hidden-state form here is the
+literal reading of "prompts at every layer" and costs half the parameters (C, not 2C,
+per position per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from minitransformer import MiniTransformer
+
+from .prompt_model import PromptConfig, PromptModel, activations_of_tokens, prepend_prompt, sample_token_ids
+
+INITS = ("SAMPLE_VOCAB", "RANDOM")
+
+
+@dataclass
+class DeepPromptConfig(PromptConfig):
+    prompt_layers: int | None = field(default=None, metadata={
+        "help": "how many layers, from the bottom, get prompts (None: all; 1: a plain soft prompt)"})
+    init: str = field(default="SAMPLE_VOCAB", metadata={
+        "help": "SAMPLE_VOCAB: each layer's hidden states of P random real tokens; RANDOM: noise of that scale"})
+    seed: int = field(default=0, metadata={"help": "seed for the initialisation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+
+class DeepPromptModel(PromptModel):
+    method_name = "deep_prompt"
+    config_class = DeepPromptConfig
+
+    def __init__(self, base: MiniTransformer, config: DeepPromptConfig | None = None) -> None:
+        super().__init__(base, config or DeepPromptConfig())
+        n_layer = base.config.n_layer
+        layers = self.config.prompt_layers or n_layer
+        if not 1 <= layers <= n_layer:
+            raise ValueError(f"prompt_layers must be in 1..{n_layer} (the base model's layers), got {layers}")
+        generator = torch.Generator().manual_seed(self.config.seed)
+        hidden, _ = activations_of_tokens(base, sample_token_ids(base, self.config.num_virtual_tokens, generator))
+        init = torch.stack(hidden[:layers])  # (L', P, C): what real tokens look like entering each layer
+        if self.config.init == "RANDOM":
+            init = torch.randn(init.shape, generator=generator) * init.std(dim=(1, 2), keepdim=True)
+        self.prompts = nn.Parameter(init)  # (L', P, C)
+
+    def prompt_hooks(self, input_ids, attention_mask, first_call):
+        P = self.config.num_virtual_tokens
+        if not first_call:  # the cache holds the prompt positions of every layer
+            return prepend_prompt(self.base, None, input_ids, attention_mask, P)
+        hooks = prepend_prompt(self.base, self.prompts[0][None], input_ids, attention_mask, P)
+        layers = self.prompts.shape[0]
+        hooks["hidden_prompts"] = [None] + [self.prompts[l][None] for l in range(1, layers)] \
+            + [None] * (self.base.config.n_layer - layers)  # layer 0 was prepended above
+        return hooks

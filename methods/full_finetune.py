@@ -1,0 +1,41 @@
+"""Full fine-tuning: the reference point every prompt method is measured against.
+
+Every weight of a *copy* of the base model is trained (the shared base stays untouched,
+so prompt methods can keep using it). It has the same interface as the prompt methods,
+so the training loop, evaluation and generation treat it the same way; the question
+each prompt method answers is how close it gets to this with a tiny fraction of the
+trainable parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from minitransformer import MiniTransformer
+
+from .prompt_model import PromptModel
+
+
+@dataclass
+class FullFineTuneConfig:
+    num_virtual_tokens: int = 0  # no prompt: the model itself changes
+
+    def to_dict(self) -> dict:
+        return {"num_virtual_tokens": 0}
+
+
+class FullFineTuneModel(PromptModel):
+    method_name = "full_finetune"
+    config_class = FullFineTuneConfig
+
+    def __init__(self, base: MiniTransformer, config: FullFineTuneConfig | None = None) -> None:
+        copied = copy.deepcopy(base)
+        super().__init__(copied, config or FullFineTuneConfig())
+        copied.requires_grad_(True)  # unfreeze the copy: every weight trains
+
+    def prompt_hooks(self, input_ids, attention_mask, first_call):
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def prompt_parameters(self):
+        return dict(self.base.named_parameters(prefix="base"))

@@ -1,0 +1,83 @@
+"""P-tuning (Liu et al. 2021, "GPT Understands, Too"): a soft prompt made by a small network.
+
+Soft prompt tuning learns the P vectors directly. P-tuning learns them *through* a prompt
+encoder: P input embeddings e_1..e_P go through a small network whose outputs are the
+prompt (§3.2):
+
+    [h_1, ..., h_P] = Encoder(e_1, ..., e_P)        (P, C), prepended like a soft prompt
+
+Why? Free vectors are optimised independently of one another and, the paper argues, fall
+into poor local minima; an encoder ties them together (the LSTM lets each see its
+neighbours) and reparameterises the search. The encoder is only a training device: once
+trained, its output is a plain (P, C) prompt, computed once and reusable as a soft prompt.
+
+Two encoders, with Hugging Face PEFT's names and layer layouts:
+- MLP:  Linear(C, h) -> ReLU -> Linear(h, h) -> ReLU -> Linear(h, C)
+- LSTM: a bidirectional LSTM (hidden h per direction), then Linear(2h, 2h) -> ReLU -> Linear(2h, C)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from minitransformer import MiniTransformer
+
+from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+
+ENCODERS = ("MLP", "LSTM")
+
+
+@dataclass
+class PTuningConfig(PromptConfig):
+    encoder_reparameterization_type: str = field(default="MLP", metadata={"help": f"one of {ENCODERS}"})
+    encoder_hidden_size: int = field(default=64, metadata={"help": "h: the encoder's hidden width"})
+    encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers (the MLP always has 3 Linear)"})
+    encoder_dropout: float = field(default=0.0, metadata={"help": "dropout between LSTM layers"})
+    seed: int = field(default=0, metadata={"help": "seed for the encoder's initialisation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder_reparameterization_type not in ENCODERS:
+            raise ValueError(f"encoder_reparameterization_type must be one of {ENCODERS}, "
+                             f"got {self.encoder_reparameterization_type!r}")
+
+
+class PromptEncoder(nn.Module):
+    """P learned input embeddings -> encoder -> the (P, C) prompt."""
+
+    def __init__(self, config: PTuningConfig, d_model: int) -> None:
+        super().__init__()
+        h = config.encoder_hidden_size
+        self.embedding = nn.Embedding(config.num_virtual_tokens, d_model)  # e_1..e_P
+        self.kind = config.encoder_reparameterization_type
+        if self.kind == "LSTM":
+            self.lstm_head = nn.LSTM(d_model, h, num_layers=config.encoder_num_layers,
+                                     dropout=config.encoder_dropout, bidirectional=True, batch_first=True)
+            self.mlp_head = nn.Sequential(nn.Linear(2 * h, 2 * h), nn.ReLU(), nn.Linear(2 * h, d_model))
+        else:
+            self.mlp_head = nn.Sequential(nn.Linear(d_model, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                                          nn.Linear(h, d_model))
+
+    def forward(self) -> torch.Tensor:
+        e = self.embedding.weight[None]  # (1, P, C)
+        if self.kind == "LSTM":
+            e = self.lstm_head(e)[0]  # (1, P, 2h): each position sees both neighbours' directions
+        return self.mlp_head(e)  # (1, P, C)
+
+
+class PTuningModel(PromptModel):
+    method_name = "p_tuning"
+    config_class = PTuningConfig
+
+    def __init__(self, base: MiniTransformer, config: PTuningConfig | None = None) -> None:
+        super().__init__(base, config or PTuningConfig())
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            self.prompt_encoder = PromptEncoder(self.config, base.config.d_model)
+
+    def prompt_hooks(self, input_ids, attention_mask, first_call):
+        prompt = self.prompt_encoder() if first_call else None  # the encoder runs once per forward
+        return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)

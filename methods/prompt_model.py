@@ -1,0 +1,141 @@
+"""What every prompt method shares: a frozen base model, a few trainable parameters, one forward.
+
+A prompt method never changes the base model's weights. It adds a handful of parameters
+(the "prompt") and injects them through the hooks `MiniTransformer.forward` exposes:
+
+    method          hook it uses                               trainable parameters
+    soft prompt     inputs_embeds: P vectors before the input   P*C
+    P-tuning        inputs_embeds, vectors from an encoder      encoder (collapses to P*C)
+    deep prompt     inputs_embeds + hidden_prompts per layer    P*C*L
+    prefix tuning   prefix_kv: P keys/values per layer          P*2*C*L
+
+`PromptModel` does the shared work once: it freezes the base (`requires_grad=False`, kept
+in eval mode), asks the method for its hooks (`prompt_hooks`, written in each method's
+own file), runs the base, and returns logits for the real tokens only, so `logits[:, t]`
+always lines up with `input_ids[:, t]` whichever method is in use.
+
+With a KV cache (generation), the prompt is computed once, on the first call; the cache
+then holds the virtual positions, and later calls only extend the attention mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from minitransformer import KVCache, MiniTransformer
+
+
+@dataclass
+class PromptConfig:
+    num_virtual_tokens: int = field(default=16, metadata={"help": "P: how many virtual tokens the prompt has"})
+
+    def __post_init__(self) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PromptModel(nn.Module):
+    """A frozen base model plus one method's prompt parameters. Subclasses write `prompt_hooks`."""
+
+    method_name: ClassVar[str] = ""
+    config_class: ClassVar[type] = PromptConfig
+    registry: ClassVar[dict[str, type]] = {}  # method name -> class, filled as method files are imported
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method_name:
+            PromptModel.registry[cls.method_name] = cls
+
+    def __init__(self, base: MiniTransformer, config: PromptConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        if config.num_virtual_tokens >= base.config.block_size:
+            raise ValueError(f"num_virtual_tokens={config.num_virtual_tokens} leaves no room in the context "
+                             f"(block_size={base.config.block_size}); use a shorter prompt")
+        base.requires_grad_(False)
+        self.base = base.eval()
+        self.config = config
+
+    def train(self, mode: bool = True) -> PromptModel:
+        super().train(mode)
+        self.base.eval()  # the frozen base never switches to training behaviour (dropout)
+        return self
+
+    def prompt_hooks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_call: bool) -> dict:
+        """The keyword arguments for `self.base(...)`, prompt included. Each method writes its own."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for the T real tokens of `input_ids`; virtual positions are dropped."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        first_call = kv_cache is None or len(kv_cache) == 0
+        logits = self.base(**self.prompt_hooks(input_ids, attention_mask, first_call), kv_cache=kv_cache)
+        return logits[:, -input_ids.shape[1]:]
+
+    # -- parameters --------------------------------------------------------------------------
+    def prompt_parameters(self) -> dict[str, nn.Parameter]:
+        """The method's own parameters: everything that is not part of the base model."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base.")}
+
+    def trainable_parameters_summary(self) -> str:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+    def print_trainable_parameters(self) -> None:
+        """The familiar one-liner of Hugging Face PEFT: trainable / all / %."""
+        print(self.trainable_parameters_summary())
+
+    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a prompt checkpoint stores (see prompt_io.py): the method's own tensors."""
+        return {n: p.detach() for n, p in self.prompt_parameters().items()}
+
+
+def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, num_virtual_tokens: int) -> dict:
+    """Hooks for methods that put P vectors in front of the input (soft prompt, P-tuning, deep prompt).
+
+    First call: `inputs_embeds = [prompt; E[input_ids]]`, (B, P + T, C). Later calls (the KV
+    cache already holds the prompt positions, `prompt` is None): the new tokens as ids.
+    Either way the attention mask gains P ones in front: virtual tokens are never padding.
+    """
+    B = input_ids.shape[0]
+    mask = torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
+    if prompt is None:
+        return {"input_ids": input_ids, "attention_mask": mask}
+    embeds = torch.cat([prompt.expand(B, -1, -1), base.wte(input_ids)], dim=1)  # (B, P + T, C)
+    return {"inputs_embeds": embeds, "attention_mask": mask}
+
+
+@torch.no_grad()
+def activations_of_tokens(base: MiniTransformer, token_ids: torch.Tensor) -> tuple[list, list]:
+    """Hidden states entering each block, and each block's keys/values, for a row of real tokens.
+
+    Returns `hidden` (L entries of (P, C)) and `keys_values` (L pairs of (H, P, D)). Deep
+    prompts and prefixes can start from these instead of noise: Li & Liang (2021, §7.2)
+    found that initialising a prefix with the activations of real words trains better.
+    """
+    entering = []
+    hooks = [b.register_forward_pre_hook(lambda _, args: entering.append(args[0])) for b in base.blocks]
+    try:
+        base(token_ids[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    kvs = [b.attn.keys_values(b.ln_1(x)) for b, x in zip(base.blocks, entering)]
+    return [x[0] for x in entering], [(k[0], v[0]) for k, v in kvs]
+
+
+def sample_token_ids(base: MiniTransformer, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n random ids of real (non-padding) tokens: id 0 is `<pad>` in our tokenizer."""
+    return torch.randint(1, base.config.vocab_size, (n,), generator=generator)

@@ -1,0 +1,113 @@
+"""The language model: embeddings, a stack of blocks, and a tied output head.
+
+    h_0 = E[tokens] + W_pos[positions]           token + learned position embeddings
+    h_l = Block_l(h_{l-1})                       l = 1..L
+    logits = LayerNorm(h_L) E^T                  the output head reuses E ("tied")
+
+The model knows nothing about prompt methods. It exposes four hooks on `forward`, and
+every method in `methods/` is built from them alone:
+
+- `inputs_embeds` (B, T, C): start from vectors instead of token ids. Soft prompts and
+  P-tuning prepend their learned vectors here (position embeddings are still added).
+- `hidden_prompts[l]` (B or 1, P, C): replace the hidden states at the first P positions
+  of the current input as they enter block l. Deep prompts use this at every layer > 0.
+- `prefix_kv[l] = (k, v)`, each (B or 1, H, P, D): P extra keys/values in front of
+  block l's own; every query may attend to them. Prefix tuning uses this. A prefix
+  stands for P tokens in front of the input, so by default positions start at P.
+- `attention_mask` (B, S): 1 for real tokens, 0 for padding, over the cached and the
+  current positions (never the prefix, which is always visible).
+
+Position ids default to counting real tokens only (`cumsum(mask) - 1`), so left- and
+right-padded rows get the same positions; pass `position_ids` to override.
+`kv_cache` keeps keys/values between calls for fast generation (see generate.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import KVCache, attention_allowed
+from .block import Block
+from .config import ModelConfig
+from .validation import check_forward_inputs
+
+PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+class MiniTransformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embeddings E, also the output head
+        self.wpe = nn.Embedding(config.block_size, config.d_model)  # learned position embeddings
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection gets std 0.02/sqrt(2L),
+        # so the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * config.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # N(0, 0.02) as in GPT-2. PyTorch's N(0, 1) default for embeddings gives huge tied
+        # logits and a first loss near 75 instead of ln(vocab).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def set_attention_implementation(self, use_sdpa: bool) -> None:
+        """Choose the fused SDPA kernel (True) or the explicit softmax(q k^T / sqrt(D)) v (False)."""
+        for block in self.blocks:
+            block.attn.use_sdpa = use_sdpa
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T) token ids
+        *,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, C) instead of input_ids
+        attention_mask: torch.Tensor | None = None,  # (B, S), S = cached + T
+        position_ids: torch.Tensor | None = None,  # (B, T) or (T,)
+        hidden_prompts: Sequence[torch.Tensor | None] | None = None,  # per layer (B|1, P, C)
+        prefix_kv: PrefixKV | None = None,  # per layer (k, v), each (B|1, H, P, D)
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Return next-token logits (B, T, vocab_size) for every position of the input."""
+        past = len(kv_cache) if kv_cache is not None else 0
+        prefix_len = check_forward_inputs(
+            self.config, input_ids, inputs_embeds, attention_mask, position_ids,
+            hidden_prompts, prefix_kv, past,
+        )
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T, _ = x.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=x.device)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, past:] + prefix_len  # (B, T)
+        if int(position_ids.max()) >= self.config.block_size:
+            raise ValueError(
+                f"position {int(position_ids.max())} is past the context length block_size="
+                f"{self.config.block_size} (prompt/prefix + input = {prefix_len + past + T} positions); "
+                "shorten the input or the prompt"
+            )
+        x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
+        allowed = attention_allowed(attention_mask, T, prefix_len)  # (B, 1, T, P + S)
+
+        for layer, block in enumerate(self.blocks):
+            if hidden_prompts is not None and hidden_prompts[layer] is not None:
+                prompt = hidden_prompts[layer]  # (B|1, P, C)
+                x = torch.cat([prompt.expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
+            prefix = prefix_kv[layer] if prefix_kv is not None else None
+            x = block(x, allowed, prefix, kv_cache)
+        x = self.ln_f(x)
+        return F.linear(x, self.wte.weight)  # tied head: (B, T, C) @ (C, V) -> (B, T, V)

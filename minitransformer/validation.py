@@ -1,0 +1,101 @@
+"""Input checks for `MiniTransformer.forward`, kept apart so the model reads cleanly.
+
+Every check raises a `ValueError` whose message names what is wrong and how to fix it:
+a shape mismatch deep inside attention would otherwise surface as an opaque error from
+`torch.cat` or `matmul`, or worse, silently broadcast into wrong numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+
+
+def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
+                         hidden_prompts, prefix_kv, past: int) -> int:
+    """Validate the forward pass's inputs; return the prefix length P (0 without a prefix)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, C)")
+    if input_ids is not None:
+        B, T = _check_token_ids(config, input_ids)
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
+            raise ValueError(f"inputs_embeds must be (B, T, {config.d_model}), got {tuple(inputs_embeds.shape)}")
+        B, T = inputs_embeds.shape[:2]
+    if B == 0 or T == 0:
+        raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(
+                f"attention_mask must be (B, cached + T) = {(B, past + T)}, got {tuple(attention_mask.shape)}"
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    if position_ids is not None and position_ids.shape[-1] != T:
+        raise ValueError(f"position_ids must have T={T} entries per row, got shape {tuple(position_ids.shape)}")
+    if position_ids is not None and int(position_ids.min()) < 0:
+        raise ValueError("position_ids must be non-negative")
+    _check_hidden_prompts(config, hidden_prompts, B, T, past)
+    return _check_prefix(config, prefix_kv, B)
+
+
+def _check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, int]:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be 2-D (B, T), got shape {tuple(input_ids.shape)}; add a batch dim")
+    if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
+        raise ValueError(
+            f"token ids must lie in [0, vocab_size={config.vocab_size}), got min {int(input_ids.min())} "
+            f"and max {int(input_ids.max())}; was this text encoded by another tokenizer?"
+        )
+    return tuple(input_ids.shape)
+
+
+def _check_per_layer(config: ModelConfig, values, name: str) -> None:
+    if len(values) != config.n_layer:
+        raise ValueError(f"{name} must have one entry per layer (n_layer={config.n_layer}), got {len(values)}")
+
+
+def _check_hidden_prompts(config, hidden_prompts, B: int, T: int, past: int) -> None:
+    if hidden_prompts is None:
+        return
+    _check_per_layer(config, hidden_prompts, "hidden_prompts")
+    for layer, prompt in enumerate(hidden_prompts):
+        if prompt is None:
+            continue
+        if past:
+            raise ValueError("hidden_prompts replace the first positions of a sequence; pass them only "
+                             "on the first call, before anything is in the KV cache")
+        if prompt.dim() != 3 or prompt.shape[0] not in (1, B) or prompt.shape[2] != config.d_model:
+            raise ValueError(f"hidden_prompts[{layer}] must be (B or 1, P, {config.d_model}), "
+                             f"got {tuple(prompt.shape)}")
+        if prompt.shape[1] > T:
+            raise ValueError(f"hidden_prompts[{layer}] has P={prompt.shape[1]} positions but the input has only "
+                             f"T={T}; prepend P placeholder positions to the input first")
+
+
+def _check_prefix(config: ModelConfig, prefix_kv, B: int) -> int:
+    if prefix_kv is None:
+        return 0
+    _check_per_layer(config, prefix_kv, "prefix_kv")
+    lengths = set()
+    for layer, kv in enumerate(prefix_kv):
+        if kv is None:
+            continue
+        if len(kv) != 2:
+            raise ValueError(f"prefix_kv[{layer}] must be a (keys, values) pair")
+        for name, t in zip(("keys", "values"), kv):
+            if t.dim() != 4 or t.shape[0] not in (1, B) or t.shape[1] != config.n_head \
+                    or t.shape[3] != config.head_dim:
+                raise ValueError(
+                    f"prefix_kv[{layer}] {name} must be (B or 1, n_head={config.n_head}, P, "
+                    f"head_dim={config.head_dim}), got {tuple(t.shape)}"
+                )
+            lengths.add(t.shape[2])
+    if len(lengths) > 1:
+        raise ValueError(f"every layer's prefix must have the same length P, got lengths {sorted(lengths)}")
+    if any(kv is None for kv in prefix_kv) and lengths:
+        raise ValueError("give every layer a prefix, or none (a zero-length prefix switches one off)")
+    return lengths.pop() if lengths else 0
