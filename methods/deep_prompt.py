@@ -65,7 +65,8 @@ class DeepPromptModel(PromptModel):
         hidden, _ = activations_of_tokens(base, sample_token_ids(base, self.config.num_virtual_tokens, generator))
         init = torch.stack(hidden[:layers])  # (L', P, C): what real tokens look like entering each layer
         if self.config.init == "RANDOM":
-            init = torch.randn(init.shape, generator=generator) * init.std(dim=(1, 2), keepdim=True)
+            noise = torch.randn(init.shape, generator=generator).to(init.device)
+            init = noise * init.std(dim=(1, 2), keepdim=True)
         self.prompts = nn.Parameter(init)  # (L', P, C)
 
     def prompt_hooks(self, input_ids, attention_mask, first_call):

@@ -138,4 +138,4 @@ def activations_of_tokens(base: MiniTransformer, token_ids: torch.Tensor) -> tup
 
 def sample_token_ids(base: MiniTransformer, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """n random ids of real (non-padding) tokens: id 0 is `<pad>` in our tokenizer."""
-    return torch.randint(1, base.config.vocab_size, (n,), generator=generator)
+    return torch.randint(1, base.config.vocab_size, (n,), generator=generator).to(base.wte.weight.device)

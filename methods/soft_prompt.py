@@ -50,7 +50,7 @@ def initial_prompt(base: MiniTransformer, config: SoftPromptConfig) -> torch.Ten
     P, generator = config.num_virtual_tokens, torch.Generator().manual_seed(config.seed)
     table = base.wte.weight.detach()  # (V, C)
     if config.prompt_tuning_init == "RANDOM":
-        return torch.randn(P, table.shape[1], generator=generator) * table.std()
+        return torch.randn(P, table.shape[1], generator=generator).to(table.device) * table.std()
     if config.prompt_tuning_init == "SAMPLE_VOCAB":
         return table[sample_token_ids(base, P, generator)].clone()
     ids = CharTokenizer().encode(config.prompt_tuning_init_text)

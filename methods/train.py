@@ -70,7 +70,7 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
     test_inputs = sample_inputs(cfg.task, "test", cfg.n_test, cfg.seed)
     params = [p for p in model.prompt_parameters().values() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = random.Random(cfg.seed)
+    rng, device = random.Random(cfg.seed), next(model.parameters()).device
     torch.manual_seed(cfg.seed)
 
     def validate() -> float:
@@ -88,6 +88,7 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step - 1, cfg.steps, cfg.lr, cfg.warmup_steps)
         batch = example_batch(tokenizer, cfg.task, rng.sample(train_inputs, cfg.batch_size), cfg.with_task_name)
+        batch = tuple(t.to(device) for t in batch)
         loss = answer_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,9 +21,9 @@ from .tokenizer import CharTokenizer
 def predict(model, tokenizer: CharTokenizer, prompts: list[str], max_answer_len: int,
             batch_size: int = 500) -> list[str]:
     """Greedy answers to `prompts` (text up to and including `=`), cut at the first `.`."""
-    answers = []
+    answers, device = [], next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
-        ids, mask = tokenizer.batch_encode(prompts[start:start + batch_size], pad_side="left")
+        ids, mask = (t.to(device) for t in tokenizer.batch_encode(prompts[start:start + batch_size], "left"))
         out = generate(model, ids, max_answer_len + 1, attention_mask=mask, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id)
         for row in out[:, ids.shape[1]:]:

@@ -1,6 +1,6 @@
 """Pretrain the base model on packed rows of the synthetic tasks.
 
-    python -m minitransformer.pretrain            # the shipped base model, ~8 min on 2 CPU cores
+    python -m minitransformer.pretrain            # the shipped base model, ~25 min on 2 CPU cores
 
 Next-token prediction with the loss on answer characters only, AdamW, linear warm-up
 then cosine decay of the learning rate (the recipe of GPT-2/nanoGPT at toy scale). At the
@@ -29,7 +29,7 @@ from .tokenizer import CharTokenizer
 
 @dataclass
 class PretrainConfig:
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 32
     lr: float = 3e-3  # peak learning rate
     warmup_steps: int = 100
@@ -54,13 +54,13 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain(model_config: ModelConfig, cfg: PretrainConfig, tasks=PRETRAIN_TASKS,
-             progress: bool = True) -> tuple[MiniTransformer, dict]:
-    """Train a fresh model; return it with its history {"step": [...], "loss": [...]}."""
+             progress: bool = True, device: str = "cpu") -> tuple[MiniTransformer, dict]:
+    """Train a fresh model; return it (on the CPU) with its history {"step": [...], "loss": [...]}."""
     torch.manual_seed(cfg.seed)
     tokenizer = CharTokenizer()
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"vocab_size {model_config.vocab_size} != tokenizer's {tokenizer.vocab_size}")
-    model = MiniTransformer(model_config).train()
+    model = MiniTransformer(model_config).to(device).train()
     stream = PackedTaskStream(tokenizer, tasks, row_len=model_config.block_size, seed=cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -71,7 +71,7 @@ def pretrain(model_config: ModelConfig, cfg: PretrainConfig, tasks=PRETRAIN_TASK
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        input_ids, labels = stream.batch(cfg.batch_size)  # (B, T) each
+        input_ids, labels = (t.to(device) for t in stream.batch(cfg.batch_size))  # (B, T) each
         loss = lm_loss(model(input_ids), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +81,7 @@ def pretrain(model_config: ModelConfig, cfg: PretrainConfig, tasks=PRETRAIN_TASK
             history["step"].append(step)
             history["loss"].append(round(loss.item(), 5))
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval(), history
+    return model.cpu().eval(), history
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("d_model", "n_layer", "n_head"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(model_defaults, name))
     parser.add_argument("--out", default=str(DEFAULT_CHECKPOINT), help="checkpoint folder to write")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     parser.add_argument("--eval-n", type=int, default=500, help="test inputs per task in the final table")
     args = parser.parse_args(argv)
 
     model_config = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head)
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     start = time.time()
-    model, history = pretrain(model_config, cfg)
+    model, history = pretrain(model_config, cfg, device=args.device)
     seconds = time.time() - start
     rows = task_table(model, CharTokenizer(), n=args.eval_n)
     print(f"{model.num_parameters():,} parameters, {cfg.steps} steps in {seconds:.0f} s")

@@ -1,0 +1,104 @@
+"""Train every method on one task from the same frozen base model and compare them.
+
+This is what `python -m methods` runs. Each method gets the same task, data, seed and
+number of steps, and its own learning rate (prompts need far larger steps than weights:
+the defaults below were tuned once on the default task and are printed with the results).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from minitransformer import MiniTransformer, load_checkpoint
+
+from .deep_prompt import DeepPromptConfig, DeepPromptModel
+from .full_finetune import FullFineTuneModel
+from .lora import LoRAConfig, LoRAModel
+from .p_tuning import PTuningConfig, PTuningModel
+from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
+from .prompt_model import PromptModel
+from .soft_prompt import SoftPromptConfig, SoftPromptModel
+from .train import TrainConfig, TrainResult, train
+
+
+@dataclass
+class RunSettings:
+    task: str = "dsc"
+    prompt_len: int = 16
+    steps: int = 1000
+    lr: float | None = None  # None: each method's own default
+    seed: int = 0
+    init: str = "SAMPLE_VOCAB"  # soft prompt initialisation
+    with_task_name: bool = False
+    batch_size: int = 64
+    n_val: int = 200
+    n_test: int = 500
+    eval_every: int = 100
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable[[MiniTransformer, RunSettings], PromptModel]
+    lr: float
+    label: str
+
+
+def _soft(base, s):
+    text = f"{s.task}:" if s.init == "TEXT" else None
+    return SoftPromptModel(base, SoftPromptConfig(s.prompt_len, s.init, text, seed=s.seed))
+
+
+METHODS: dict[str, MethodSpec] = {
+    "soft_prompt": MethodSpec(_soft, 3e-2, "soft prompt"),
+    "p_tuning_mlp": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "MLP", seed=s.seed)),
+                               3e-3, "P-tuning (MLP)"),
+    "p_tuning_lstm": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "LSTM", seed=s.seed)),
+                                3e-3, "P-tuning (LSTM)"),
+    "deep_prompt": MethodSpec(lambda b, s: DeepPromptModel(b, DeepPromptConfig(s.prompt_len, seed=s.seed)),
+                              3e-2, "deep prompt"),
+    "prefix_tuning": MethodSpec(lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, seed=s.seed)),
+                                3e-2, "prefix tuning"),
+    "prefix_tuning_mlp": MethodSpec(
+        lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, prefix_projection=True, seed=s.seed)),
+        3e-3, "prefix tuning (MLP reparam.)"),
+    "lora": MethodSpec(lambda b, s: LoRAModel(b, LoRAConfig(r=4, seed=s.seed)), 1e-2, "LoRA r=4"),
+    "full_finetune": MethodSpec(lambda b, s: FullFineTuneModel(b), 1e-3, "full fine-tuning"),
+}
+DEFAULT_METHODS = ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm", "deep_prompt", "prefix_tuning", "lora",
+                   "full_finetune")
+
+
+def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool = True) -> TrainResult:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    spec = METHODS[name]
+    model = spec.build(base, s).to(s.device)
+    cfg = TrainConfig(task=s.task, with_task_name=s.with_task_name, steps=s.steps, batch_size=s.batch_size,
+                      lr=s.lr if s.lr is not None else spec.lr, eval_every=s.eval_every, n_val=s.n_val,
+                      n_test=s.n_test, seed=s.seed)
+    start = time.time()
+    result = train(model, cfg, progress=progress)
+    result.method, result.seconds = name, round(time.time() - start, 2)  # wall time, evaluation included
+    return result
+
+
+def compare(methods=DEFAULT_METHODS, settings: RunSettings | None = None, checkpoint=None,
+            progress: bool = True) -> list[TrainResult]:
+    """Train each method from the same frozen base; return their results in order."""
+    settings = settings or RunSettings()
+    torch.manual_seed(settings.seed)
+    base = (load_checkpoint(checkpoint) if checkpoint else load_checkpoint()).to(settings.device)
+    return [run_method(base, name, settings, progress) for name in methods]
+
+
+def format_table(results: list[TrainResult]) -> str:
+    lines = [f"{'method':<20} {'trainable':>10} {'% of base':>9} {'test EM':>8} {'seconds':>8}", "-" * 59]
+    for r in results:
+        lines.append(f"{r.method:<20} {r.trainable_params:>10,} {100 * r.trainable_params / r.base_params:>8.2f}% "
+                     f"{r.test_exact_match:>8.1%} {r.seconds:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Plots of a comparison: training curves on shared axes, and accuracy against trainable parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .train import TrainResult  # noqa: E402
+
+
+def smooth(values: list[float], window: int = 20) -> np.ndarray:
+    """Moving average, so per-batch noise does not hide the trend."""
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_curves(results: list[TrainResult], path: str | Path, title: str = "") -> Path:
+    fig, (ax_loss, ax_em) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        loss = smooth(r.loss)
+        ax_loss.plot(np.arange(len(loss)) + (len(r.loss) - len(loss)) + 1, loss, label=r.method)
+        ax_em.plot(r.val_steps, r.val_exact_match, marker="o", markersize=3, label=r.method)
+    ax_loss.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log", title="loss")
+    ax_em.set(xlabel="step", ylabel="validation exact-match", ylim=(-0.02, 1.02), title="validation exact-match")
+    for ax in (ax_loss, ax_em):
+        ax.grid(alpha=0.3)
+    ax_em.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_params_vs_accuracy(results: list[TrainResult], path: str | Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        ax.scatter(r.trainable_params, r.test_exact_match, s=50)
+        ax.annotate(r.method, (r.trainable_params, r.test_exact_match), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test exact-match",
+           ylim=(-0.02, 1.08), title=title or "accuracy vs trainable parameters")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
