@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=positive_int, default=16, help="virtual tokens P (default 16)")
     parser.add_argument("--steps", type=positive_int, default=None, help="training steps per method (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="examples per step (default 64)")
+    parser.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default 100)")
     parser.add_argument("--lr", type=positive_float, default=None, help="one learning rate for every method "
                         "(default: each method's own, see methods/compare.py)")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,6 +77,8 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
         settings.steps = args.steps
     if args.batch_size is not None:
         settings.batch_size = args.batch_size
+    if args.eval_every is not None:
+        settings.eval_every = args.eval_every
     return settings
 
 

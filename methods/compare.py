@@ -1,8 +1,10 @@
 """Train every method on one task from the same frozen base model and compare them.
 
 This is what `python -m methods` runs. Each method gets the same task, data, seed and
-number of steps, and its own learning rate (prompts need far larger steps than weights:
-the defaults below were tuned once on the default task and are printed with the results).
+number of steps, and its own learning rate: prompts need far larger steps than weights.
+The defaults below were chosen by a sweep on the default task (dsc, 1000 steps, each
+method at two or three of 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 2e-1; prefix tuning over seeds 0-2
+too) and are saved with every result.
 """
 
 from __future__ import annotations
@@ -54,18 +56,18 @@ def _soft(base, s):
 
 
 METHODS: dict[str, MethodSpec] = {
-    "soft_prompt": MethodSpec(_soft, 3e-2, "soft prompt"),
+    "soft_prompt": MethodSpec(_soft, 1e-1, "soft prompt"),
     "p_tuning_mlp": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "MLP", seed=s.seed)),
-                               3e-3, "P-tuning (MLP)"),
+                               1e-2, "P-tuning (MLP)"),
     "p_tuning_lstm": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "LSTM", seed=s.seed)),
-                                3e-3, "P-tuning (LSTM)"),
+                                1e-2, "P-tuning (LSTM)"),
     "deep_prompt": MethodSpec(lambda b, s: DeepPromptModel(b, DeepPromptConfig(s.prompt_len, seed=s.seed)),
-                              3e-2, "deep prompt"),
+                              1e-1, "deep prompt"),
     "prefix_tuning": MethodSpec(lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, seed=s.seed)),
-                                3e-2, "prefix tuning"),
+                                2e-1, "prefix tuning"),
     "prefix_tuning_mlp": MethodSpec(
         lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, prefix_projection=True, seed=s.seed)),
-        3e-3, "prefix tuning (MLP reparam.)"),
+        1e-2, "prefix tuning (MLP reparam.)"),
     "lora": MethodSpec(lambda b, s: LoRAModel(b, LoRAConfig(r=4, seed=s.seed)), 1e-2, "LoRA r=4"),
     "full_finetune": MethodSpec(lambda b, s: FullFineTuneModel(b), 1e-3, "full fine-tuning"),
 }

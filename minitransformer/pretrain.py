@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = task_table(model, CharTokenizer(), n=args.eval_n)
     print(f"{model.num_parameters():,} parameters, {cfg.steps} steps in {seconds:.0f} s")
     print(format_table(rows))
-    metadata = {"pretrain_config": asdict(cfg), "train_seconds": round(seconds, 1), "history": history,
+    metadata = {"pretrain_config": asdict(cfg), "device": args.device, "torch_version": torch.__version__,
+                "command": "python -m minitransformer.pretrain " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "train_seconds": round(seconds, 1), "history": history,
                 "test_exact_match": {r["task"]: r["exact_match"] for r in rows}}
     print(f"wrote {save_checkpoint(model, args.out, metadata)}")
 
