@@ -2,7 +2,8 @@
 
 Reading order: prompt_model (what all methods share) -> soft_prompt -> p_tuning ->
 deep_prompt -> prefix_tuning; then train (the toy loop), freezing (the proof that only
-the prompt trains), prompt_io (saving a prompt), full_finetune (the reference point).
+the prompt trains), prompt_io (saving a prompt), serving (many tasks' prompts in one batch),
+full_finetune (the reference point).
 """
 
 from .deep_prompt import DeepPromptConfig, DeepPromptModel
@@ -12,12 +13,13 @@ from .p_tuning import PTuningConfig, PTuningModel
 from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
 from .prompt_io import load_prompt, save_prompt
 from .prompt_model import PromptConfig, PromptModel
+from .serving import PromptRegistry
 from .soft_prompt import SoftPromptConfig, SoftPromptModel
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
     "DeepPromptConfig", "DeepPromptModel", "FreezingReport", "FullFineTuneConfig", "FullFineTuneModel",
     "PTuningConfig", "PTuningModel", "PrefixTuningConfig", "PrefixTuningModel", "PromptConfig", "PromptModel",
-    "SoftPromptConfig", "SoftPromptModel", "TrainConfig", "TrainResult", "check_freezing", "load_prompt",
-    "save_prompt", "train",
+    "PromptRegistry", "SoftPromptConfig", "SoftPromptModel", "TrainConfig", "TrainResult", "check_freezing",
+    "load_prompt", "save_prompt", "train",
 ]

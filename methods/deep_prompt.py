@@ -69,12 +69,15 @@ class DeepPromptModel(PromptModel):
             init = noise * init.std(dim=(1, 2), keepdim=True)
         self.prompts = nn.Parameter(init)  # (L', P, C)
 
-    def prompt_hooks(self, input_ids, attention_mask, first_call):
+    def prompt_state(self) -> torch.Tensor:
+        return self.prompts[None]  # (1, L', P, C)
+
+    def hooks_for(self, state, input_ids, attention_mask, first_call):
         P = self.config.num_virtual_tokens
         if not first_call:  # the cache holds the prompt positions of every layer
             return prepend_prompt(self.base, None, input_ids, attention_mask, P)
-        hooks = prepend_prompt(self.base, self.prompts[0][None], input_ids, attention_mask, P)
-        layers = self.prompts.shape[0]
-        hooks["hidden_prompts"] = [None] + [self.prompts[l][None] for l in range(1, layers)] \
+        hooks = prepend_prompt(self.base, state[:, 0], input_ids, attention_mask, P)  # (B|1, P, C) at layer 0
+        layers = state.shape[1]
+        hooks["hidden_prompts"] = [None] + [state[:, l] for l in range(1, layers)] \
             + [None] * (self.base.config.n_layer - layers)  # layer 0 was prepended above
         return hooks

@@ -78,6 +78,9 @@ class PTuningModel(PromptModel):
             torch.manual_seed(self.config.seed)
             self.prompt_encoder = PromptEncoder(self.config, base.config.d_model)
 
-    def prompt_hooks(self, input_ids, attention_mask, first_call):
-        prompt = self.prompt_encoder() if first_call else None  # the encoder runs once per forward
+    def prompt_state(self) -> torch.Tensor:
+        return self.prompt_encoder()  # (1, P, C): the encoder runs once per forward, on the first call
+
+    def hooks_for(self, state, input_ids, attention_mask, first_call):
+        prompt = state if first_call else None  # (B|1, P, C), injected exactly like a soft prompt
         return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)

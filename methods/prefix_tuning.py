@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from minitransformer import MiniTransformer
+from minitransformer import MiniTransformer, ModelConfig
 
 from .prompt_model import PromptConfig, PromptModel, activations_of_tokens, sample_token_ids
 
@@ -42,9 +42,18 @@ class PrefixTuningConfig(PromptConfig):
     seed: int = field(default=0, metadata={"help": "seed for the initialisation"})
 
 
+def split_prefix(vectors: torch.Tensor, c: ModelConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(B, P, L * 2 * C) prefix vectors -> per layer (keys, values), each (B, H, P, D)."""
+    B, P, _ = vectors.shape
+    kv = vectors.view(B, P, c.n_layer, 2, c.n_head, c.head_dim)  # layout: layer, k/v, head, dim
+    kv = kv.permute(2, 3, 0, 4, 1, 5)  # (L, 2, B, H, P, D)
+    return [(kv[l, 0], kv[l, 1]) for l in range(c.n_layer)]
+
+
 class PrefixTuningModel(PromptModel):
     method_name = "prefix_tuning"
     config_class = PrefixTuningConfig
+    prompt_in_cache = False  # the prefix lives outside the sequence and the cache: it goes in on every call
 
     def __init__(self, base: MiniTransformer, config: PrefixTuningConfig | None = None) -> None:
         super().__init__(base, config or PrefixTuningConfig())
@@ -70,15 +79,14 @@ class PrefixTuningModel(PromptModel):
 
     def prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the prefix keys and values, each (1, H, P, D)."""
-        c = self.base.config
-        P = self.config.num_virtual_tokens
-        kv = self.prefix_vectors().view(P, c.n_layer, 2, c.n_head, c.head_dim)  # layout: layer, k/v, head, dim
-        kv = kv.permute(1, 2, 3, 0, 4)  # (L, 2, H, P, D)
-        return [(kv[l, 0][None], kv[l, 1][None]) for l in range(c.n_layer)]
+        return split_prefix(self.prompt_state(), self.base.config)
 
-    def prompt_hooks(self, input_ids, attention_mask, first_call):
-        # The prefix lives outside the sequence and the cache, so it is passed on every call.
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_kv": self.prefix_kv()}
+    def prompt_state(self) -> torch.Tensor:
+        return self.prefix_vectors()[None]  # (1, P, L * 2 * C)
+
+    def hooks_for(self, state, input_ids, attention_mask, first_call):
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "prefix_kv": split_prefix(state, self.base.config)}
 
     @torch.no_grad()
     def collapse(self) -> None:

@@ -50,6 +50,9 @@ def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = No
         raise ValueError(f"{path} is not a readable safetensors prompt file ({error}); is it damaged?") from error
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a prompt checkpoint (format {metadata.get('format')!r}, need {FORMAT!r})")
+    missing = [k for k in ("method", "config", "base_fingerprint") if k not in metadata]
+    if missing:
+        raise ValueError(f"{path} lacks {missing} in its header; the prompt file is damaged, save it again")
     saved_method = metadata["method"]
     if method is not None and method != saved_method:
         raise ValueError(f"{path} holds a {saved_method!r} prompt, not {method!r}; load it as {saved_method!r}")
@@ -64,7 +67,12 @@ def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = No
             raise ValueError(f"tensor {name!r} in {path} holds NaN or inf values; the prompt is damaged")
 
     cls = PromptModel.registry[saved_method]
-    model = cls(base, cls.config_class(**json.loads(metadata["config"])))
+    try:
+        config = cls.config_class(**json.loads(metadata["config"]))
+    except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"the {saved_method} config in {path} is not valid ({error}); the file is damaged "
+                         "or was written by another version") from error
+    model = cls(base, config)
     own = model.prompt_state_dict()
     if set(own) != set(tensors) or any(own[n].shape != t.shape for n, t in tensors.items()):
         raise ValueError(f"the tensors in {path} ({ {n: tuple(t.shape) for n, t in tensors.items()} }) do not fit "
@@ -72,4 +80,4 @@ def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = No
     with torch.no_grad():
         for name, p in model.prompt_parameters().items():
             p.copy_(tensors[name])
-    return model.eval()
+    return model.to(base.wte.weight.device).eval()  # parameters made outside the base start on the CPU

@@ -10,12 +10,23 @@ A prompt method never changes the base model's weights. It adds a handful of par
     prefix tuning   prefix_kv: P keys/values per layer          P*2*C*L
 
 `PromptModel` does the shared work once: it freezes the base (`requires_grad=False`, kept
-in eval mode), asks the method for its hooks (`prompt_hooks`, written in each method's
-own file), runs the base, and returns logits for the real tokens only, so `logits[:, t]`
-always lines up with `input_ids[:, t]` whichever method is in use.
+in eval mode), checks the caller's input, asks the method for its hooks, runs the base,
+and returns logits for the real tokens only, so `logits[:, t]` always lines up with
+`input_ids[:, t]` whichever method is in use.
 
-With a KV cache (generation), the prompt is computed once, on the first call; the cache
-then holds the virtual positions, and later calls only extend the attention mask.
+Each method writes two small functions in its own file:
+- `prompt_state()`: its prompt as one tensor with a leading batch dimension of 1, e.g.
+  (1, P, C), whatever parameters produce it (an encoder, an MLP);
+- `hooks_for(state, ...)`: the base model's keyword arguments for a state of 1 *or B*
+  rows. With B rows, each row of the batch gets its own prompt, so prompts of several
+  tasks can share one forward pass (serving.py stacks them), and nothing outside the
+  method's file needs to know how it injects its prompt.
+`prompt_hooks(...)` is `hooks_for(prompt_state(), ...)`: one model, one prompt.
+
+With a KV cache (generation), a prompt made of positions (soft prompt, P-tuning, deep
+prompt) is computed once, on the first call; the cache then holds the virtual positions,
+and later calls only extend the attention mask. A prefix lives outside the cache and is
+passed on every call (`prompt_in_cache = False`).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 from torch import nn
 
 from minitransformer import KVCache, MiniTransformer
+from minitransformer.validation import check_attention_mask, check_token_ids
 
 
 @dataclass
@@ -42,10 +54,15 @@ class PromptConfig:
 
 
 class PromptModel(nn.Module):
-    """A frozen base model plus one method's prompt parameters. Subclasses write `prompt_hooks`."""
+    """A frozen base model plus one method's prompt parameters.
+
+    Subclasses write `prompt_state` and `hooks_for` (or, for a model that serves no
+    batched prompt, `prompt_hooks` alone, as full fine-tuning does).
+    """
 
     method_name: ClassVar[str] = ""
     config_class: ClassVar[type] = PromptConfig
+    prompt_in_cache: ClassVar[bool] = True  # after the first call, the KV cache holds the prompt
     registry: ClassVar[dict[str, type]] = {}  # method name -> class, filled as method files are imported
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -69,18 +86,67 @@ class PromptModel(nn.Module):
         self.base.eval()  # the frozen base never switches to training behaviour (dropout)
         return self
 
+    def prompt_state(self) -> torch.Tensor:
+        """The prompt as one tensor with a leading batch dimension of 1, e.g. (1, P, C)."""
+        raise NotImplementedError(f"{type(self).__name__} has no prompt state to serve")
+
+    def hooks_for(self, state: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  first_call: bool) -> dict:
+        """The keyword arguments for `self.base(...)` given a state of 1 or B rows (None: the cache holds it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take a prompt state")
+
+    def needs_state(self, first_call: bool) -> bool:
+        """Whether this call must be given the prompt state (always, unless the cache holds it)."""
+        return first_call or not self.prompt_in_cache
+
     def prompt_hooks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_call: bool) -> dict:
-        """The keyword arguments for `self.base(...)`, prompt included. Each method writes its own."""
-        raise NotImplementedError
+        """The keyword arguments for `self.base(...)` with this model's own prompt."""
+        state = self.prompt_state() if self.needs_state(first_call) else None
+        return self.hooks_for(state, input_ids, attention_mask, first_call)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, T, V) for the T real tokens of `input_ids`; virtual positions are dropped."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)
         first_call = kv_cache is None or len(kv_cache) == 0
         logits = self.base(**self.prompt_hooks(input_ids, attention_mask, first_call), kv_cache=kv_cache)
         return logits[:, -input_ids.shape[1]:]
+
+    def forward_with(self, state: torch.Tensor | None, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """`forward` with the prompt state given: a state of B rows gives row b the prompt `state[b]`."""
+        attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)
+        first_call = kv_cache is None or len(kv_cache) == 0
+        if state is None and self.needs_state(first_call):
+            raise ValueError("this call needs the prompt state (the first call, or a prefix on any call)")
+        if state is not None and state.shape[0] not in (1, input_ids.shape[0]):
+            raise ValueError(f"the prompt state has {state.shape[0]} rows but the batch has {input_ids.shape[0]}; "
+                             "give one prompt per row, or one for all")
+        logits = self.base(**self.hooks_for(state, input_ids, attention_mask, first_call), kv_cache=kv_cache)
+        return logits[:, -input_ids.shape[1]:]
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     kv_cache: KVCache | None) -> torch.Tensor:
+        """Refuse bad input before the prompt goes in front of it; return the (B, S) mask.
+
+        The base model checks its own input, but a prompt method turns `input_ids` into
+        embeddings first, and an error there would not name the fix. The P virtual
+        positions also count against the context: a row's real tokens plus P must fit.
+        """
+        B, T = check_token_ids(self.base.config, input_ids)
+        if B == 0 or T == 0:
+            raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        cached = kv_cache is not None and len(kv_cache) > 0  # the base checks the cached length (P may be in it)
+        check_attention_mask(attention_mask, B, attention_mask.shape[-1] if cached else T)
+        P, block_size = self.config.num_virtual_tokens, self.base.config.block_size
+        longest = int(attention_mask.sum(dim=1).max())  # real tokens of the longest row, cache included
+        if P + longest > block_size:
+            raise ValueError(f"the prompt's {P} virtual tokens + {longest} real tokens = {P + longest} positions "
+                             f"exceed the context block_size={block_size}; shorten the input to at most "
+                             f"{block_size - P} tokens or use a shorter prompt (num_virtual_tokens)")
+        return attention_mask
 
     # -- parameters --------------------------------------------------------------------------
     def prompt_parameters(self) -> dict[str, nn.Parameter]:

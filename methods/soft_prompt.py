@@ -66,6 +66,9 @@ class SoftPromptModel(PromptModel):
         super().__init__(base, config or SoftPromptConfig())
         self.prompt = nn.Parameter(initial_prompt(base, self.config))  # (P, C): all that is trained
 
-    def prompt_hooks(self, input_ids, attention_mask, first_call):
-        prompt = self.prompt[None] if first_call else None  # (1, P, C); the cache holds it afterwards
+    def prompt_state(self) -> torch.Tensor:
+        return self.prompt[None]  # (1, P, C)
+
+    def hooks_for(self, state, input_ids, attention_mask, first_call):
+        prompt = state if first_call else None  # (B|1, P, C); the cache holds it afterwards
         return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)

@@ -18,7 +18,7 @@ def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, posit
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, C)")
     if input_ids is not None:
-        B, T = _check_token_ids(config, input_ids)
+        B, T = check_token_ids(config, input_ids)
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
             raise ValueError(f"inputs_embeds must be (B, T, {config.d_model}), got {tuple(inputs_embeds.shape)}")
@@ -26,12 +26,7 @@ def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, posit
     if B == 0 or T == 0:
         raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
     if attention_mask is not None:
-        if tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(
-                f"attention_mask must be (B, cached + T) = {(B, past + T)}, got {tuple(attention_mask.shape)}"
-            )
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        check_attention_mask(attention_mask, B, past + T)
     if position_ids is not None and position_ids.shape[-1] != T:
         raise ValueError(f"position_ids must have T={T} entries per row, got shape {tuple(position_ids.shape)}")
     if position_ids is not None and int(position_ids.min()) < 0:
@@ -40,7 +35,11 @@ def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, posit
     return _check_prefix(config, prefix_kv, B)
 
 
-def _check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, int]:
+def check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, int]:
+    """Token ids must be a 2-D integer tensor of ids the embedding table has; return (B, T)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(f"input_ids must be a torch.Tensor (B, T), got {type(input_ids).__name__}; "
+                         "wrap it with torch.tensor([...])")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be 2-D (B, T), got shape {tuple(input_ids.shape)}; add a batch dim")
     if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -51,6 +50,25 @@ def _check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int,
             f"and max {int(input_ids.max())}; was this text encoded by another tokenizer?"
         )
     return tuple(input_ids.shape)
+
+
+def check_attention_mask(attention_mask: torch.Tensor, B: int, S: int) -> None:
+    """A (B, S) mask of 0/1 integers or booleans, with at least one real token in every row.
+
+    A row that is all padding has nothing to attend to: its outputs would be made of
+    nothing but the diagonal fallback in `attention_allowed`, numbers nobody should read.
+    """
+    if tuple(attention_mask.shape) != (B, S):
+        raise ValueError(f"attention_mask must be (B, cached + T) = {(B, S)}, got {tuple(attention_mask.shape)}")
+    if attention_mask.is_floating_point() or attention_mask.is_complex():
+        raise ValueError(f"attention_mask must hold integers or booleans (1 real token, 0 padding), got dtype "
+                         f"{attention_mask.dtype}; convert it with .long()")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask row(s) {empty} are all zeros: such a row has no real token; "
+                         "drop the row from the batch or set its real tokens' mask to 1")
 
 
 def _check_per_layer(config: ModelConfig, values, name: str) -> None:

@@ -7,8 +7,18 @@ import torch
 from conftest import ATOL
 
 from methods import (
-    DeepPromptConfig, DeepPromptModel, FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel, PTuningConfig,
-    PTuningModel, SoftPromptConfig, SoftPromptModel, check_freezing, load_prompt, save_prompt,
+    DeepPromptConfig,
+    DeepPromptModel,
+    FullFineTuneModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PTuningConfig,
+    PTuningModel,
+    SoftPromptConfig,
+    SoftPromptModel,
+    check_freezing,
+    load_prompt,
+    save_prompt,
 )
 from methods.prompt_model import activations_of_tokens
 from minitransformer import CharTokenizer, generate

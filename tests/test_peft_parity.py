@@ -15,7 +15,12 @@ from peft import PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from methods import (
-    PrefixTuningConfig, PrefixTuningModel, PTuningConfig, PTuningModel, SoftPromptConfig, SoftPromptModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PTuningConfig,
+    PTuningModel,
+    SoftPromptConfig,
+    SoftPromptModel,
 )
 from minitransformer.hf_gpt2 import from_gpt2
 

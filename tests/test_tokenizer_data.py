@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from minitransformer.data import (
-    HELDOUT_TASKS, IGNORE_INDEX, PRETRAIN_TASKS, TASKS, PackedTaskStream, format_example, sample_inputs, split_of,
+    HELDOUT_TASKS,
+    IGNORE_INDEX,
+    PRETRAIN_TASKS,
+    TASKS,
+    PackedTaskStream,
+    format_example,
+    sample_inputs,
+    split_of,
 )
 
 

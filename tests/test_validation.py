@@ -1,0 +1,108 @@
+"""Input validation wherever a user passes data in: each refusal names what is wrong and the fix.
+
+Every case asserts the error type and a piece of the message a user needs to act on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods import (
+    DeepPromptConfig,
+    DeepPromptModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PTuningConfig,
+    PTuningModel,
+    SoftPromptConfig,
+    SoftPromptModel,
+)
+from methods.__main__ import parse_args
+from minitransformer import generate
+
+P = 4
+METHODS = {
+    "soft_prompt": lambda base: SoftPromptModel(base, SoftPromptConfig(P)),
+    "p_tuning": lambda base: PTuningModel(base, PTuningConfig(P, encoder_hidden_size=16)),
+    "deep_prompt": lambda base: DeepPromptModel(base, DeepPromptConfig(P)),
+    "prefix": lambda base: PrefixTuningModel(base, PrefixTuningConfig(P)),
+}
+IDS = torch.tensor([[5, 9, 2], [7, 3, 1]])
+ONES = torch.ones(2, 3, dtype=torch.long)
+BAD_INPUTS = {
+    "float ids": ((IDS.float(), None), "integer token ids"),
+    "id past the vocabulary": ((torch.tensor([[5, 41, 2]]), None), r"\[0, vocab_size=41\)"),
+    "negative id": ((torch.tensor([[5, -1, 2]]), None), "vocab_size"),
+    "1-D ids": ((IDS[0], None), "2-D .* add a batch dim"),
+    "a list, not a tensor": (([[5, 9, 2]], None), "torch.tensor"),
+    "empty batch": ((IDS[:0], ONES[:0]), "empty input"),
+    "no tokens": ((IDS[:, :0], ONES[:, :0]), "empty input"),
+    "mask of the wrong shape": ((IDS, ONES[:, :2]), r"attention_mask must be \(B, cached \+ T\) = \(2, 3\)"),
+    "float mask": ((IDS, ONES.float()), "integers or booleans .* .long()"),
+    "mask value 2": ((IDS, ONES * 2), "only 0 .* and 1"),
+    "a row all padding": ((IDS, torch.tensor([[1, 1, 1], [0, 0, 0]])), r"row\(s\) \[1\] are all zeros"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("method", METHODS)
+def test_prompt_models_refuse_bad_input(method, case, small_model):
+    (ids, mask), message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        METHODS[method](small_model)(ids, mask)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prompt_plus_input_longer_than_the_context_names_the_prompt_length(method, small_model):
+    model, block = METHODS[method](small_model), small_model.config.block_size
+    fits = torch.ones(1, block - P, dtype=torch.long)
+    assert model(fits).shape == (1, block - P, small_model.config.vocab_size)  # exactly full: fine
+    with pytest.raises(ValueError, match=f"prompt's {P} virtual tokens \\+ {block - P + 1} real tokens .* "
+                                         f"at most {block - P} tokens"):
+        model(torch.ones(1, block - P + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"prompt's {P} virtual tokens"):  # generation that runs past the end
+        generate(model, torch.ones(1, block - P - 1, dtype=torch.long), 3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_padding_does_not_count_against_the_context(method, small_model):
+    model, block = METHODS[method](small_model), small_model.config.block_size
+    ids = torch.ones(2, block - 1, dtype=torch.long)  # wider than block - P, but only padding is extra
+    mask = torch.zeros_like(ids)
+    mask[0, :block - P], mask[1, -3:] = 1, 1  # right- and left-padded rows
+    assert model(ids, mask).shape == ids.shape + (small_model.config.vocab_size,)
+
+
+def test_base_model_refuses_a_mask_row_of_zeros_and_a_float_mask(small_model):
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 2\] are all zeros.* drop the row"):
+        small_model(torch.ones(3, 2, dtype=torch.long), attention_mask=torch.tensor([[0, 0], [1, 1], [0, 0]]))
+    with pytest.raises(ValueError, match="integers or booleans"):
+        small_model(IDS, attention_mask=ONES.float())
+    bool_mask = torch.tensor([[False, True, True], [True, True, True]])  # booleans are a fine mask
+    torch.testing.assert_close(small_model(IDS, attention_mask=bool_mask), small_model(IDS, attention_mask=bool_mask.long()),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "xyz"], "argument --task: invalid choice: 'xyz'"),
+        (["--methods", "foo"], "unknown method(s) ['foo']; choose from soft_prompt"),
+        (["--methods", "soft_prompt,bar"], "unknown method(s) ['bar']"),
+        (["--methods", ","], "unknown method(s) []"),
+        (["--prompt-len", "0"], "must be a positive integer, got 0"),
+        (["--lr", "-1"], "must be a positive number"),
+        (["--init", "ZEROS"], "argument --init: invalid choice: 'ZEROS'"),
+    ],
+)
+def test_command_line_refuses_unknown_names_and_bad_numbers(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2  # argparse's "usage error"
+    assert message in capsys.readouterr().err
+
+
+def test_command_line_accepts_known_names():
+    args = parse_args(["--task", "rol", "--methods", "soft_prompt,prefix_tuning"])
+    assert args.task == "rol" and args.methods == ["soft_prompt", "prefix_tuning"]
