@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: each method's own, see methods/compare.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default="SAMPLE_VOCAB", choices=INITS, help="soft prompt initialisation")
+    parser.add_argument("--init-text", default=None, help="text for --init TEXT, repeated or cut to the prompt "
+                        "length (default: a demonstration of the task ending with its name, e.g. '...=cba.rev:')")
     parser.add_argument("--with-task-name", action="store_true", help="keep the hard prompt `dsc:` in the input")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the frozen base model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> RunSettings:
     quick = {"steps": 30, "batch_size": 32, "n_val": 50, "n_test": 100, "eval_every": 10} if args.quick else {}
     settings = RunSettings(task=args.task, prompt_len=args.prompt_len, lr=args.lr, seed=args.seed, init=args.init,
-                           with_task_name=args.with_task_name, device=args.device, **quick)
+                           init_text=args.init_text, with_task_name=args.with_task_name, device=args.device, **quick)
     if args.steps is not None:
         settings.steps = args.steps
     if args.batch_size is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minitransformer import MiniTransformer, load_checkpoint
+from minitransformer import MiniTransformer, format_example, load_checkpoint, sample_inputs
 
 from .deep_prompt import DeepPromptConfig, DeepPromptModel
 from .full_finetune import FullFineTuneModel
@@ -35,6 +35,7 @@ class RunSettings:
     lr: float | None = None  # None: each method's own default
     seed: int = 0
     init: str = "SAMPLE_VOCAB"  # soft prompt initialisation
+    init_text: str | None = None  # TEXT init: this text (repeated/cut to P); None: task_name_text()
     with_task_name: bool = False
     batch_size: int = 64
     n_val: int = 200
@@ -50,8 +51,20 @@ class MethodSpec:
     label: str
 
 
+def task_name_text(task: str, length: int, seed: int = 0) -> str:
+    """Text for TEXT initialisation: demonstrations of `task` ending with its name, `length` characters.
+
+    The prompt sits right before the input, so its text should end where the model expects
+    the input: `...rev:`. The task name alone repeated (`rev:rev:rev:rev:`) is text the model
+    never saw in pretraining, and gives a worse start than random vectors (see the README).
+    """
+    example = format_example(task, sample_inputs(task, "train", 1, seed)[0])
+    text = example * (length // len(example) + 1) + f"{task}:"
+    return text[-length:]
+
+
 def _soft(base, s):
-    text = f"{s.task}:" if s.init == "TEXT" else None
+    text = (s.init_text or task_name_text(s.task, s.prompt_len, s.seed)) if s.init == "TEXT" else None
     return SoftPromptModel(base, SoftPromptConfig(s.prompt_len, s.init, text, seed=s.seed))
 
 
