@@ -101,8 +101,3 @@ def test_command_line_refuses_unknown_names_and_bad_numbers(argv, message, capsy
         parse_args(argv)
     assert exit_info.value.code == 2  # argparse's "usage error"
     assert message in capsys.readouterr().err
-
-
-def test_command_line_accepts_known_names():
-    args = parse_args(["--task", "rol", "--methods", "soft_prompt,prefix_tuning"])
-    assert args.task == "rol" and args.methods == ["soft_prompt", "prefix_tuning"]
