@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from methods import (
+    DeepPromptConfig,
+    DeepPromptModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PTuningConfig,
+    PTuningModel,
+    SoftPromptConfig,
+    SoftPromptModel,
+)
 from minitransformer import DEFAULT_CHECKPOINT, CharTokenizer, MiniTransformer, ModelConfig, load_checkpoint
 
 # float32 sums the same numbers in a different order on different code paths (fused vs
@@ -12,6 +22,21 @@ from minitransformer import DEFAULT_CHECKPOINT, CharTokenizer, MiniTransformer, 
 # then differ by ~1e-6. 1e-5 is tight enough that any real mistake (a wrong mask entry,
 # a shifted position) shows up orders of magnitude larger.
 ATOL = 1e-5
+
+P = 4  # prompt length of the small test instances
+# One small instance of every prompt method variant: (base, seed, prompt length) -> model.
+METHOD_FACTORIES = {
+    "soft_prompt": lambda base, seed=0, p=P: SoftPromptModel(base, SoftPromptConfig(p, seed=seed)),
+    "soft_prompt_text": lambda base, seed=0, p=P: SoftPromptModel(base, SoftPromptConfig(p, "TEXT", "rev:")),
+    "soft_prompt_vocab": lambda base, seed=0, p=P: SoftPromptModel(base, SoftPromptConfig(p, "SAMPLE_VOCAB",
+                                                                                          seed=seed)),
+    "p_tuning_mlp": lambda base, seed=0, p=P: PTuningModel(base, PTuningConfig(p, "MLP", 16, seed=seed)),
+    "p_tuning_lstm": lambda base, seed=0, p=P: PTuningModel(base, PTuningConfig(p, "LSTM", 16, seed=seed)),
+    "deep_prompt": lambda base, seed=0, p=P: DeepPromptModel(base, DeepPromptConfig(p, seed=seed)),
+    "prefix": lambda base, seed=0, p=P: PrefixTuningModel(base, PrefixTuningConfig(p, seed=seed)),
+    "prefix_projection": lambda base, seed=0, p=P: PrefixTuningModel(
+        base, PrefixTuningConfig(p, prefix_projection=True, encoder_hidden_size=16, seed=seed)),
+}
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATOL
+from conftest import ATOL, METHOD_FACTORIES, P
 
 from methods import (
     DeepPromptConfig,
@@ -13,7 +13,6 @@ from methods import (
     PrefixTuningConfig,
     PrefixTuningModel,
     PTuningConfig,
-    PTuningModel,
     SoftPromptConfig,
     SoftPromptModel,
     check_freezing,
@@ -24,18 +23,7 @@ from methods.prompt_model import activations_of_tokens
 from minitransformer import CharTokenizer, generate
 from minitransformer.data import example_batch
 
-P = 4
-FACTORIES = {
-    "soft_prompt": lambda base: SoftPromptModel(base, SoftPromptConfig(P)),
-    "soft_prompt_text": lambda base: SoftPromptModel(base, SoftPromptConfig(P, "TEXT", "rev:")),
-    "soft_prompt_vocab": lambda base: SoftPromptModel(base, SoftPromptConfig(P, "SAMPLE_VOCAB")),
-    "p_tuning_mlp": lambda base: PTuningModel(base, PTuningConfig(P, "MLP", encoder_hidden_size=16)),
-    "p_tuning_lstm": lambda base: PTuningModel(base, PTuningConfig(P, "LSTM", encoder_hidden_size=16)),
-    "deep_prompt": lambda base: DeepPromptModel(base, DeepPromptConfig(P)),
-    "prefix": lambda base: PrefixTuningModel(base, PrefixTuningConfig(P)),
-    "prefix_projection": lambda base: PrefixTuningModel(base, PrefixTuningConfig(P, prefix_projection=True,
-                                                                                   encoder_hidden_size=16)),
-}
+FACTORIES = METHOD_FACTORIES
 
 
 def batch(with_name=False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATOL
+from conftest import ATOL, METHOD_FACTORIES, P
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,11 +17,7 @@ from methods import (
     DeepPromptConfig,
     DeepPromptModel,
     FullFineTuneModel,
-    PrefixTuningConfig,
-    PrefixTuningModel,
     PromptRegistry,
-    PTuningConfig,
-    PTuningModel,
     SoftPromptConfig,
     SoftPromptModel,
     TrainConfig,
@@ -31,16 +27,7 @@ from methods import (
 from methods.lora import LoRAModel
 from minitransformer import generate
 
-P = 4
-METHODS = {
-    "soft_prompt": lambda base, seed, p=P: SoftPromptModel(base, SoftPromptConfig(p, seed=seed)),
-    "p_tuning_mlp": lambda base, seed, p=P: PTuningModel(base, PTuningConfig(p, "MLP", 16, seed=seed)),
-    "p_tuning_lstm": lambda base, seed, p=P: PTuningModel(base, PTuningConfig(p, "LSTM", 16, seed=seed)),
-    "deep_prompt": lambda base, seed, p=P: DeepPromptModel(base, DeepPromptConfig(p, seed=seed)),
-    "prefix": lambda base, seed, p=P: PrefixTuningModel(base, PrefixTuningConfig(p, seed=seed)),
-    "prefix_projection": lambda base, seed, p=P: PrefixTuningModel(
-        base, PrefixTuningConfig(p, prefix_projection=True, encoder_hidden_size=16, seed=seed)),
-}
+METHODS = {name: f for name, f in METHOD_FACTORIES.items() if not name.startswith("soft_prompt_")}
 ROWS = [[5, 9, 2, 30, 7], [11, 3], [7, 3, 12, 19, 1, 4, 8], [5, 9, 2, 30, 7]]  # rows 0 and 3: same tokens
 NAMES = ["task0", "task1", "task2", "task1"]  # ... different tasks
 SLOW = settings(max_examples=20, deadline=None, database=None,

@@ -7,27 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import METHOD_FACTORIES, P
 
-from methods import (
-    DeepPromptConfig,
-    DeepPromptModel,
-    PrefixTuningConfig,
-    PrefixTuningModel,
-    PTuningConfig,
-    PTuningModel,
-    SoftPromptConfig,
-    SoftPromptModel,
-)
 from methods.__main__ import parse_args
 from minitransformer import generate
 
-P = 4
-METHODS = {
-    "soft_prompt": lambda base: SoftPromptModel(base, SoftPromptConfig(P)),
-    "p_tuning": lambda base: PTuningModel(base, PTuningConfig(P, encoder_hidden_size=16)),
-    "deep_prompt": lambda base: DeepPromptModel(base, DeepPromptConfig(P)),
-    "prefix": lambda base: PrefixTuningModel(base, PrefixTuningConfig(P)),
-}
+METHODS = {name: METHOD_FACTORIES[name] for name in ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix")}
 IDS = torch.tensor([[5, 9, 2], [7, 3, 1]])
 ONES = torch.ones(2, 3, dtype=torch.long)
 BAD_INPUTS = {
