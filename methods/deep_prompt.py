@@ -62,7 +62,12 @@ class DeepPromptModel(PromptModel):
         if not 1 <= layers <= n_layer:
             raise ValueError(f"prompt_layers must be in 1..{n_layer} (the base model's layers), got {layers}")
         generator = torch.Generator().manual_seed(self.config.seed)
-        hidden, _ = activations_of_tokens(base, sample_token_ids(base, self.config.num_virtual_tokens, generator))
+        token_ids = sample_token_ids(base, self.config.num_virtual_tokens, generator)
+        hidden, _ = activations_of_tokens(base, token_ids)
+        # Layer 0 is prepended as input embeddings, and the model adds position embeddings to
+        # those itself: start it from the tokens' embeddings alone, exactly as a SAMPLE_VOCAB
+        # soft prompt does. Later layers replace hidden states: start them from real ones.
+        hidden[0] = base.wte(token_ids).detach()
         init = torch.stack(hidden[:layers])  # (L', P, C): what real tokens look like entering each layer
         if self.config.init == "RANDOM":
             noise = torch.randn(init.shape, generator=generator).to(init.device)

@@ -26,6 +26,7 @@ from torch import nn
 from minitransformer import MiniTransformer
 
 from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .soft_prompt import SoftPromptConfig, SoftPromptModel
 
 ENCODERS = ("MLP", "LSTM")
 
@@ -84,3 +85,14 @@ class PTuningModel(PromptModel):
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         prompt = state if first_call else None  # (B|1, P, C), injected exactly like a soft prompt
         return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)
+
+    @torch.no_grad()
+    def to_soft_prompt(self) -> SoftPromptModel:
+        """Fold the encoder away: a soft prompt holding the encoder's output, same logits (§3.2).
+
+        The encoder is a training device; for inference and storage only its (P, C) output
+        matters: 2,048 numbers instead of the encoder's tens or hundreds of thousands.
+        """
+        soft = SoftPromptModel(self.base, SoftPromptConfig(self.config.num_virtual_tokens, seed=self.config.seed))
+        soft.prompt.copy_(self.prompt_encoder()[0])
+        return soft.eval()

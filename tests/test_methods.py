@@ -154,3 +154,19 @@ def test_bad_configs_are_refused(small_model):
         SoftPromptModel(small_model, SoftPromptConfig(small_model.config.block_size))
     with pytest.raises(ValueError, match="num_virtual_tokens"):
         SoftPromptConfig(0)
+
+
+@pytest.mark.parametrize("name", ["p_tuning_mlp", "p_tuning_lstm"])
+def test_p_tuning_folds_into_a_soft_prompt_with_the_same_logits(name, small_model):
+    model = METHOD_FACTORIES[name](small_model)
+    check_freezing(model, batch(), steps=1)  # move the encoder away from its initialisation
+    soft = model.to_soft_prompt()
+    ids, mask, _ = batch()
+    torch.testing.assert_close(soft(ids, mask), model(ids, mask), rtol=0, atol=ATOL)
+    assert sum(p.numel() for p in soft.prompt_parameters().values()) == P * small_model.config.d_model
+
+
+def test_a_one_layer_deep_prompt_starts_as_the_vocabulary_soft_prompt(small_model):
+    deep = DeepPromptModel(small_model, DeepPromptConfig(P, prompt_layers=1, seed=3))
+    soft = SoftPromptModel(small_model, SoftPromptConfig(P, "SAMPLE_VOCAB", seed=3))
+    assert torch.equal(deep.prompts[0], soft.prompt)
