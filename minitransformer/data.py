@@ -16,8 +16,9 @@ then meets every task at every position. Trained on one example per row starting
 position 0 instead, it fails once a prompt shifts the input to the right (see
 `../shared/CALIBRATION.md`: 1% vs 100% for a recovered task).
 
-Splits are deterministic: an input's split (train / validation / test) is a hash of the
-seed and the input string, so the three never share an input, for any task.
+Splits are deterministic: an input's split (train / validation / test) is a hash of
+SPLIT_SEED and the input string, so the three never share an input, for any task, and
+every run (pretraining, prompt training, any seed) sees the same split.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .tokenizer import CharTokenizer
 LETTERS = string.ascii_lowercase
 MIN_LEN, MAX_LEN = 3, 7  # length range of letter inputs
 IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
+SPLIT_SEED = 0  # the corpus's one train/val/test split; run seeds change sampling, never the split
 
 
 def _shift(s: str) -> str:
@@ -155,7 +157,7 @@ class PackedTaskStream:
     def _example(self) -> tuple[list[int], list[int]]:
         task = self.rng.choice(self.tasks)
         x = get_task(task).sample_input(self.rng)
-        while split_of(x, self.seed) != self.split:
+        while split_of(x, SPLIT_SEED) != self.split:
             x = get_task(task).sample_input(self.rng)
         prompt = self.tokenizer.encode(format_prompt(task, x))
         answer = self.tokenizer.encode(get_task(task).solve(x) + ".")

@@ -6,6 +6,8 @@ shortened versions of the same claims, with the thresholds of the claims themsel
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from methods import PrefixTuningConfig, PrefixTuningModel, SoftPromptConfig, SoftPromptModel, TrainConfig, train
@@ -45,3 +47,21 @@ def test_a_prefix_learns_a_held_out_task_with_under_3_percent_of_the_parameters(
 
 
 STEPS_HELD_OUT = 150
+
+
+def test_the_run_seed_never_changes_the_data_split(base_model, monkeypatch):
+    from minitransformer import sample_inputs
+
+    train_module = importlib.import_module("methods.train")  # the module, not the `train` function
+
+    seeds = []
+
+    def spy(task, split, n, seed):
+        seeds.append(seed)
+        return sample_inputs(task, split, n, seed)
+
+    monkeypatch.setattr(train_module, "sample_inputs", spy)
+    model = SoftPromptModel(base_model, SoftPromptConfig(4))
+    train(model, TrainConfig(task="rol", steps=1, seed=7, n_train=64, n_val=4, n_test=4, batch_size=4, eval_every=1),
+          progress=False)
+    assert seeds == [0, 0, 0]  # train, val and test come from the corpus's one split
