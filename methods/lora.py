@@ -78,5 +78,6 @@ class LoRAModel(PromptModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
+        attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)  # the same checks as every method
         return functional_call(self.base, self.adapted_weights(), (input_ids,),
                                {"attention_mask": attention_mask, "kv_cache": kv_cache})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import ATOL, METHOD_FACTORIES, P
@@ -19,6 +21,7 @@ from methods import (
     load_prompt,
     save_prompt,
 )
+from methods.lora import LoRAConfig, LoRAModel
 from methods.prompt_model import activations_of_tokens
 from minitransformer import CharTokenizer, generate
 from minitransformer.data import example_batch
@@ -170,3 +173,26 @@ def test_a_one_layer_deep_prompt_starts_as_the_vocabulary_soft_prompt(small_mode
     deep = DeepPromptModel(small_model, DeepPromptConfig(P, prompt_layers=1, seed=3))
     soft = SoftPromptModel(small_model, SoftPromptConfig(P, "SAMPLE_VOCAB", seed=3))
     assert torch.equal(deep.prompts[0], soft.prompt)
+
+
+def test_lora_starts_at_the_base_model_and_trains_only_its_matrices(small_model):
+    model = LoRAModel(small_model, LoRAConfig(r=2))
+    ids, mask, _ = batch()
+    assert torch.equal(model(ids, mask), small_model(ids, attention_mask=mask))  # B = 0, so W' = W exactly
+    report = check_freezing(model, batch(), steps=2)
+    assert report.ok, str(report)
+    C, L, r = small_model.config.d_model, small_model.config.n_layer, 2
+    per_layer = r * (C + 3 * C) + r * (C + C)  # c_attn: (3C, C); c_proj: (C, C); each gets A (r, in) and B (out, r)
+    assert sum(report.prompt_parameters.values()) == L * per_layer
+
+
+def test_lora_equals_the_base_with_its_update_merged_into_the_weights(small_model):
+    model = LoRAModel(small_model, LoRAConfig(r=2))
+    check_freezing(model, batch(), steps=2)  # B moves away from zero
+    merged = copy.deepcopy(small_model)
+    with torch.no_grad():
+        for name, W in model.adapted_weights().items():
+            merged.get_parameter(name).copy_(W)
+    ids, mask, _ = batch()
+    torch.testing.assert_close(model(ids, mask), merged(ids, attention_mask=mask), rtol=0, atol=ATOL)
+    assert not torch.allclose(model(ids, mask), small_model(ids, attention_mask=mask))
