@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from minitransformer import CharTokenizer, KVCache, MiniTransformer, generate
+from minitransformer.evaluate import predict
 
 from .prompt_io import load_prompt
 from .prompt_model import PromptModel
@@ -128,12 +129,11 @@ class PromptRegistry:
     def complete(self, names: Sequence[str], texts: Sequence[str], max_new_tokens: int,
                  tokenizer: CharTokenizer | None = None) -> list[str]:
         """Greedy continuations of `texts`, row b by task `names[b]`, each cut before the first end token."""
-        tokenizer = tokenizer or CharTokenizer()
-        ids, mask = tokenizer.batch_encode(list(texts), pad_side="left")  # generation appends on the right
-        device = self.base.wte.weight.device
-        out = self.generate(names, ids.to(device), max_new_tokens, attention_mask=mask.to(device),
-                            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        return [tokenizer.decode(row).split(tokenizer.vocab[tokenizer.eos_id])[0] for row in out[:, ids.shape[1]:]]
+        if not texts:
+            raise ValueError("empty batch: need at least one text (and one task name per text)")
+        # `predict` pads on the left, generates and cuts at the end token; one chunk keeps rows and names aligned
+        return predict(self.bind(names), tokenizer or CharTokenizer(), list(texts), max_new_tokens - 1,
+                       batch_size=len(texts))
 
 
 class BoundPrompts:
