@@ -97,11 +97,9 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
         optimizer.step()
         result.loss.append(loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            model.eval()
             result.val_steps.append(step)
-            result.val_exact_match.append(validate())
-            model.train()
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_em=f"{result.val_exact_match[-1]:.2f}")
+            result.val_exact_match.append(validate())  # exact_match evaluates in eval mode, then restores train
+            bar.set_postfix(loss=f"{result.loss[-1]:.3f}", val_em=f"{result.val_exact_match[-1]:.2f}")
     model.eval()
     result.seconds = round(time.time() - start, 2)
     result.test_exact_match = exact_match(model, tokenizer, cfg.task, test_inputs, cfg.with_task_name)
