@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-task-name", action="store_true", help="keep the hard prompt `dsc:` in the input")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the frozen base model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: train under bfloat16 autocast (for GPUs; default fp32)")
     parser.add_argument("--out", default="runs/compare", help="folder for results.json and the plots")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, small evaluation sets")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -74,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> RunSettings:
     quick = {"steps": 30, "batch_size": 32, "n_val": 50, "n_test": 100, "eval_every": 10} if args.quick else {}
     settings = RunSettings(task=args.task, prompt_len=args.prompt_len, lr=args.lr, seed=args.seed, init=args.init,
-                           init_text=args.init_text, with_task_name=args.with_task_name, device=args.device, **quick)
+                           init_text=args.init_text, with_task_name=args.with_task_name, device=args.device,
+                           precision=args.precision, **quick)
     if args.steps is not None:
         settings.steps = args.steps
     if args.batch_size is not None:

@@ -42,6 +42,7 @@ class RunSettings:
     n_test: int = 500
     eval_every: int = 100
     device: str = "cpu"
+    precision: str = "fp32"  # or "bf16" autocast
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool 
     model = spec.build(base, s).to(s.device)
     cfg = TrainConfig(task=s.task, with_task_name=s.with_task_name, steps=s.steps, batch_size=s.batch_size,
                       lr=s.lr if s.lr is not None else spec.lr, eval_every=s.eval_every, n_val=s.n_val,
-                      n_test=s.n_test, seed=s.seed)
+                      n_test=s.n_test, seed=s.seed, precision=s.precision)
     start = time.time()
     result = train(model, cfg, progress=progress)
     result.method, result.seconds = name, round(time.time() - start, 2)  # wall time, evaluation included

@@ -12,6 +12,16 @@ so each block's attention sees fresh, directly trained vectors at the prompt pos
 Trainable: P * C * L numbers. With only layer 0 kept (`prompt_layers=1`) this is exactly
 the soft prompt, which a test checks.
 
+How it is computed. When every layer has a prompt, the outputs at the prompt positions
+are never read: each layer's are overwritten by the next layer's prompt, the last
+layer's get no logits. All the text positions take from them is what attention reads,
+the keys and values each layer makes from its prompt, K_l, V_l = LN_l(p^l) W_k, W_v
+(for layer 0, of p^0 + W_pos[0..P-1]). So by default the model runs the text positions
+alone and hands it those keys and values as a *prefix*: the same logits, without the
+queries, attention outputs and MLPs of P positions in every layer. `as_prefix=False`
+runs the literal form above, through the base model's `hidden_prompts` hook; a test
+checks that both give the same logits.
+
 How this differs from prefix tuning (prefix_tuning.py): a deep prompt is a *hidden
 state*. At every layer it goes through LayerNorm and the key/value projections, and it
 is also a query: the prompt positions attend among themselves and produce outputs (which
@@ -44,6 +54,8 @@ class DeepPromptConfig(PromptConfig):
     init: str = field(default="SAMPLE_VOCAB", metadata={
         "help": "SAMPLE_VOCAB: each layer's hidden states of P random real tokens; RANDOM: noise of that scale"})
     seed: int = field(default=0, metadata={"help": "seed for the initialisation"})
+    as_prefix: bool = field(default=True, metadata={
+        "help": "with prompts at every layer, compute them as the key/value prefix they amount to (faster)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,12 +85,16 @@ class DeepPromptModel(PromptModel):
             noise = torch.randn(init.shape, generator=generator).to(init.device)
             init = noise * init.std(dim=(1, 2), keepdim=True)
         self.prompts = nn.Parameter(init)  # (L', P, C)
+        self.computed_as_prefix = self.config.as_prefix and layers == n_layer
+        self.prompt_in_cache = not self.computed_as_prefix  # a prefix goes in on every call
 
     def prompt_state(self) -> torch.Tensor:
         return self.prompts[None]  # (1, L', P, C)
 
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         P = self.config.num_virtual_tokens
+        if self.computed_as_prefix:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_kv": self.prefix_from(state)}
         if not first_call:  # the cache holds the prompt positions of every layer
             return prepend_prompt(self.base, None, input_ids, attention_mask, P)
         hooks = prepend_prompt(self.base, state[:, 0], input_ids, attention_mask, P)  # (B|1, P, C) at layer 0
@@ -86,3 +102,14 @@ class DeepPromptModel(PromptModel):
         hooks["hidden_prompts"] = [None] + [state[:, l] for l in range(1, layers)] \
             + [None] * (self.base.config.n_layer - layers)  # layer 0 was prepended above
         return hooks
+
+    def prefix_from(self, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys and values each layer makes from its prompt: L pairs of (B|1, H, P, D)."""
+        P = state.shape[2]
+        prefix = []
+        for l, block in enumerate(self.base.blocks):
+            hidden = state[:, l]  # (B|1, P, C): what enters block l at the prompt positions
+            if l == 0:  # the input layer's prompt is an embedding: the model adds positions 0..P-1
+                hidden = hidden + self.base.wpe.weight[:P]
+            prefix.append(block.attn.keys_values(block.ln_1(hidden)))
+        return prefix

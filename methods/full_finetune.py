@@ -34,7 +34,10 @@ class FullFineTuneModel(PromptModel):
         super().__init__(copied, config or FullFineTuneConfig())
         copied.requires_grad_(True)  # unfreeze the copy: every weight trains
 
-    def prompt_hooks(self, input_ids, attention_mask, first_call):
+    def state_for_call(self, kv_cache) -> None:
+        return None  # no prompt: the weights themselves were trained
+
+    def hooks_for(self, state, input_ids, attention_mask, first_call):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def prompt_parameters(self):

@@ -9,19 +9,27 @@ so training starts exactly at the base model, and each adapted matrix costs r * 
 numbers. Here: rank 4 on the attention projections (`c_attn`, the fused q/k/v, and
 `c_proj`), as in the paper's experiments on attention weights.
 
-It never edits the base model: `torch.func.functional_call` runs the frozen base with
-W' substituted for W in this one call, so the same base can serve other methods at once.
+It never edits the base model's weights. During its own forward call it attaches a
+hook to each target layer that adds the low-rank path to the layer's output,
+
+    x W'^T = x W^T + (alpha / r) (x A^T) B^T          (B, T, r) in the middle: cheap
+
+and removes the hooks when the call returns, so the same base can serve other methods.
+Computing the update this way, rather than forming W' = W + (alpha / r) B A, keeps the
+backward pass cheap: the gradients of A and B go through the rank-r product, never
+through a full (out, in) gradient of W'. `merged_weights()` gives W' itself, and a test
+checks that running the base with it gives the same logits.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call
-
 from minitransformer import KVCache, MiniTransformer
 
 from .prompt_model import PromptModel
@@ -67,7 +75,7 @@ class LoRAModel(PromptModel):
             self.lora_B[key] = nn.Parameter(torch.zeros(out_features, self.config.r))
         self.scaling = self.config.lora_alpha / self.config.r
 
-    def adapted_weights(self) -> dict[str, torch.Tensor]:
+    def merged_weights(self) -> dict[str, torch.Tensor]:
         """{"blocks.0.attn.c_attn.weight": W + scaling * B A, ...} for every target layer."""
         weights = {}
         for name in self.targets:
@@ -76,8 +84,25 @@ class LoRAModel(PromptModel):
             weights[f"{name}.weight"] = W + self.scaling * self.lora_B[key] @ self.lora_A[key]
         return weights
 
+    @contextmanager
+    def low_rank_updates(self) -> Iterator[None]:
+        """While open, every target layer's output gains scaling * (x A^T) B^T."""
+        def add_update(key: str):
+            def hook(module, args, output):
+                x = args[0]  # (B, T, in)
+                return output + self.scaling * (x @ self.lora_A[key].T) @ self.lora_B[key].T  # (B, T, out)
+            return hook
+        handles = [self.base.get_submodule(name).register_forward_hook(add_update(name.replace(".", "_")))
+                   for name in self.targets]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+                kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
         attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)  # the same checks as every method
-        return functional_call(self.base, self.adapted_weights(), (input_ids,),
-                               {"attention_mask": attention_mask, "kv_cache": kv_cache})
+        with self.low_rank_updates():
+            return self.base(input_ids, attention_mask=attention_mask, kv_cache=kv_cache,
+                             logits_to_keep=logits_to_keep)

@@ -21,7 +21,7 @@ Each method writes two small functions in its own file:
   rows. With B rows, each row of the batch gets its own prompt, so prompts of several
   tasks can share one forward pass (serving.py stacks them), and nothing outside the
   method's file needs to know how it injects its prompt.
-`prompt_hooks(...)` is `hooks_for(prompt_state(), ...)`: one model, one prompt.
+`forward(...)` runs the base with `hooks_for(prompt_state(), ...)`: one model, one prompt.
 
 With a KV cache (generation), a prompt made of positions (soft prompt, P-tuning, deep
 prompt) is computed once, on the first call; the cache then holds the virtual positions,
@@ -35,10 +35,11 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minitransformer import KVCache, MiniTransformer
-from minitransformer.validation import check_attention_mask, check_token_ids
+from minitransformer.validation import check_attention_mask, check_logits_to_keep, check_token_ids
 
 
 @dataclass
@@ -56,8 +57,7 @@ class PromptConfig:
 class PromptModel(nn.Module):
     """A frozen base model plus one method's prompt parameters.
 
-    Subclasses write `prompt_state` and `hooks_for` (or, for a model that serves no
-    batched prompt, `prompt_hooks` alone, as full fine-tuning does).
+    Subclasses write `prompt_state` and `hooks_for`.
     """
 
     method_name: ClassVar[str] = ""
@@ -99,31 +99,56 @@ class PromptModel(nn.Module):
         """Whether this call must be given the prompt state (always, unless the cache holds it)."""
         return first_call or not self.prompt_in_cache
 
-    def prompt_hooks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_call: bool) -> dict:
-        """The keyword arguments for `self.base(...)` with this model's own prompt."""
-        state = self.prompt_state() if self.needs_state(first_call) else None
-        return self.hooks_for(state, input_ids, attention_mask, first_call)
+    def state_for_call(self, kv_cache: KVCache | None) -> torch.Tensor | None:
+        """This model's own prompt state, if this call needs it.
+
+        In generation a prefix goes in on every decoding step, but it does not change
+        between steps: it is computed once, on the first call, and kept with the KV cache
+        (an encoder or MLP runs once per generation, not once per token).
+        """
+        if not self.needs_state(is_first_call(kv_cache)):
+            return None
+        if kv_cache is None:
+            return self.prompt_state()
+        if is_first_call(kv_cache) or "prompt_state" not in kv_cache.extras:
+            kv_cache.extras["prompt_state"] = self.prompt_state()
+        return kv_cache.extras["prompt_state"]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for the T real tokens of `input_ids`; virtual positions are dropped."""
+                kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for the T real tokens of `input_ids`; virtual positions are dropped.
+
+        `logits_to_keep` (over the real tokens): the last n positions, or a (B, T) bool mask
+        giving (N, V), as in `MiniTransformer.forward`.
+        """
         attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)
-        first_call = kv_cache is None or len(kv_cache) == 0
-        logits = self.base(**self.prompt_hooks(input_ids, attention_mask, first_call), kv_cache=kv_cache)
-        return logits[:, -input_ids.shape[1]:]
+        hooks = self.hooks_for(self.state_for_call(kv_cache), input_ids, attention_mask, is_first_call(kv_cache))
+        return self.run_base(hooks, input_ids, kv_cache, logits_to_keep)
 
     def forward_with(self, state: torch.Tensor | None, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+                     attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                     logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
         """`forward` with the prompt state given: a state of B rows gives row b the prompt `state[b]`."""
         attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)
-        first_call = kv_cache is None or len(kv_cache) == 0
-        if state is None and self.needs_state(first_call):
+        if state is None and self.needs_state(is_first_call(kv_cache)):
             raise ValueError("this call needs the prompt state (the first call, or a prefix on any call)")
         if state is not None and state.shape[0] not in (1, input_ids.shape[0]):
             raise ValueError(f"the prompt state has {state.shape[0]} rows but the batch has {input_ids.shape[0]}; "
                              "give one prompt per row, or one for all")
-        logits = self.base(**self.hooks_for(state, input_ids, attention_mask, first_call), kv_cache=kv_cache)
-        return logits[:, -input_ids.shape[1]:]
+        hooks = self.hooks_for(state, input_ids, attention_mask, is_first_call(kv_cache))
+        return self.run_base(hooks, input_ids, kv_cache, logits_to_keep)
+
+    def run_base(self, hooks: dict, input_ids: torch.Tensor, kv_cache: KVCache | None,
+                 logits_to_keep: int | torch.Tensor | None) -> torch.Tensor:
+        """Run the frozen base with these hooks, computing the head at real tokens only."""
+        B, T = input_ids.shape
+        check_logits_to_keep(logits_to_keep, B, T)
+        if logits_to_keep is None:
+            logits_to_keep = T  # the real tokens: the virtual positions in front get no logits
+        elif isinstance(logits_to_keep, torch.Tensor) and "inputs_embeds" in hooks:
+            virtual = hooks["inputs_embeds"].shape[1] - T  # P prompt positions in front of the real tokens
+            logits_to_keep = F.pad(logits_to_keep, (virtual, 0), value=False)  # (B, P + T)
+        return self.base(**hooks, kv_cache=kv_cache, logits_to_keep=logits_to_keep)
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      kv_cache: KVCache | None) -> torch.Tensor:
@@ -138,7 +163,7 @@ class PromptModel(nn.Module):
             raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        cached = kv_cache is not None and len(kv_cache) > 0  # the base checks the cached length (P may be in it)
+        cached = not is_first_call(kv_cache)  # the base checks the cached length (P may be in it)
         check_attention_mask(attention_mask, B, attention_mask.shape[-1] if cached else T)
         P, block_size = self.config.num_virtual_tokens, self.base.config.block_size
         longest = int(attention_mask.sum(dim=1).max())  # real tokens of the longest row, cache included
@@ -165,6 +190,11 @@ class PromptModel(nn.Module):
     def prompt_state_dict(self) -> dict[str, torch.Tensor]:
         """What a prompt checkpoint stores (see prompt_io.py): the method's own tensors."""
         return {n: p.detach() for n, p in self.prompt_parameters().items()}
+
+
+def is_first_call(kv_cache: KVCache | None) -> bool:
+    """No cache, or an empty one: this call sees the whole input (and must be given the prompt)."""
+    return kv_cache is None or len(kv_cache) == 0
 
 
 def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,

@@ -30,7 +30,7 @@ from minitransformer import CharTokenizer, KVCache, MiniTransformer, generate
 from minitransformer.evaluate import predict
 
 from .prompt_io import load_prompt
-from .prompt_model import PromptModel
+from .prompt_model import PromptModel, is_first_call
 
 
 class PromptRegistry:
@@ -108,14 +108,13 @@ class PromptRegistry:
         return torch.cat([states[n] for n in names], dim=0)  # (B, ...)
 
     def forward(self, names: Sequence[str], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+                kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) for the real tokens, row b prompted by task `names[b]`."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (B, T) tensor of token ids")
         models = self.models_for(names, input_ids.shape[0])
-        first_call = kv_cache is None or len(kv_cache) == 0
-        state = self.stacked_state(names, models) if models[0].needs_state(first_call) else None
-        return models[0].forward_with(state, input_ids, attention_mask, kv_cache)
+        state = self.stacked_state(names, models) if models[0].needs_state(is_first_call(kv_cache)) else None
+        return models[0].forward_with(state, input_ids, attention_mask, kv_cache, logits_to_keep)
 
     def bind(self, names: Sequence[str]) -> BoundPrompts:
         """A model-like callable for this row layout, e.g. for `minitransformer.generate`."""
@@ -143,8 +142,8 @@ class BoundPrompts:
         self.registry, self.names = registry, names
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.registry.forward(self.names, input_ids, attention_mask, kv_cache)
+                 kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        return self.registry.forward(self.names, input_ids, attention_mask, kv_cache, logits_to_keep)
 
     def parameters(self):
         """The base model's parameters (what `evaluate.predict` reads the device from)."""

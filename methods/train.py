@@ -17,11 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from minitransformer import CharTokenizer, sample_inputs
-from minitransformer.data import SPLIT_SEED, example_batch
+from minitransformer.data import IGNORE_INDEX, SPLIT_SEED, example_batch
 from minitransformer.evaluate import exact_match
 from minitransformer.pretrain import cosine_lr, lm_loss
 
 from .prompt_model import PromptModel
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -38,6 +41,11 @@ class TrainConfig:
     n_val: int = 200
     n_test: int = 500
     seed: int = 0  # batch order and dropout; the train/val/test split is always the corpus's (SPLIT_SEED)
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (GPUs with bf16 units)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -58,8 +66,10 @@ class TrainResult:
 
 
 def answer_loss(model: PromptModel, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions; the head runs at those positions only."""
     input_ids, attention_mask, labels = batch
-    return lm_loss(model(input_ids, attention_mask), labels)
+    graded = labels != IGNORE_INDEX  # (B, T)
+    return lm_loss(model(input_ids, attention_mask, logits_to_keep=graded), labels[graded])  # (N, V) vs (N,)
 
 
 def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainResult:
@@ -85,18 +95,23 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
     result.val_exact_match.append(result.initial_val_exact_match)
     start = time.time()
     model.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    pending = []  # losses not yet copied to the host: reading one per step would stall a GPU
     bar = tqdm(range(1, cfg.steps + 1), desc=f"{model.method_name} on {cfg.task}", disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step - 1, cfg.steps, cfg.lr, cfg.warmup_steps)
         batch = example_batch(tokenizer, cfg.task, rng.sample(train_inputs, cfg.batch_size), cfg.with_task_name)
         batch = tuple(t.to(device) for t in batch)
-        loss = answer_loss(model, batch)
+        with autocast:
+            loss = answer_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        result.loss.append(loss.item())
+        pending.append(loss.detach())
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            result.loss.extend(torch.stack(pending).float().tolist())
+            pending.clear()
             result.val_steps.append(step)
             result.val_exact_match.append(validate())  # exact_match evaluates in eval mode, then restores train
             bar.set_postfix(loss=f"{result.loss[-1]:.3f}", val_em=f"{result.val_exact_match[-1]:.2f}")

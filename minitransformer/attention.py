@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from .config import ModelConfig
 
@@ -37,6 +38,7 @@ class KVCache:
 
     def __init__(self) -> None:
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.extras: dict = {}  # what a caller computes on the first call and reuses on later ones
 
     def __len__(self) -> int:
         """Number of cached positions (the prefix is not part of the cache)."""
@@ -79,7 +81,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
-        allowed: torch.Tensor,  # (B, 1, T, P + S) bool: may query i see key j?
+        allowed: torch.Tensor | None,  # (B, 1, T, P + S) bool: may query i see key j? None: plain causal
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, H, P, D) each
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
@@ -94,8 +96,13 @@ class CausalSelfAttention(nn.Module):
 
         if self.use_sdpa:
             dropout = self.attn_dropout.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            # No padding: let the fused kernel apply the causal mask itself (and skip the masked
+            # blocks), aligned so the last query sees every key. Same function, no (T, S) mask.
+            mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
+            if allowed is None:
+                allowed = causal_mask(T, k.shape[2], q.device)  # (T, P + S)
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, P + S)
             scores = scores.masked_fill(~allowed, float("-inf"))
             weights = self.attn_dropout(F.softmax(scores, dim=-1))
@@ -105,17 +112,27 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(out))
 
 
+def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:
+    """(T, S) bool, True where query i may see key j: the T queries are the last T of the S
+    keys' positions (any keys before them, a prefix or the cache, are visible to all)."""
+    return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(num_keys - num_queries)
+
+
 def attention_allowed(
     attention_mask: torch.Tensor,  # (B, S): 1 = real token, 0 = padding; covers cache + current
     num_new: int,  # T, the positions processed in this call (the last T of S)
     prefix_len: int = 0,  # P, keys in front that every query may see
-) -> torch.Tensor:
-    """Which keys each query may attend to: (B, 1, T, P + S) bool.
+) -> torch.Tensor | None:
+    """Which keys each query may attend to: (B, 1, T, P + S) bool, or None if nothing is padding.
 
     A query sees a key when the key is not padding and does not lie in the future
     (causality); prefix keys are always visible. A query also always sees itself, so a
     padding position (whose output nobody reads) never has an all-masked, NaN row.
+    Without padding this is `causal_mask(T, P + S)` for every row, and attention builds
+    that itself (or lets a fused kernel apply it), so None is returned.
     """
+    if bool(attention_mask.all()):
+        return None
     B, S = attention_mask.shape
     query_pos = torch.arange(S - num_new, S, device=attention_mask.device)[:, None]  # (T, 1)
     key_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)

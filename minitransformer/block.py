@@ -41,7 +41,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
-        allowed: torch.Tensor,  # (B, 1, T, P + S)
+        allowed: torch.Tensor | None,  # (B, 1, T, P + S), None: no padding, plain causal
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:

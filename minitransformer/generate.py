@@ -6,8 +6,10 @@ prompt once and stores every layer's keys and values; each later call feeds only
 new token, whose query attends to the cached keys. Same numbers, far less work; a test
 checks that cached and uncached decoding give identical tokens.
 
-`generate` works with anything callable as `model(ids, attention_mask=..., kv_cache=...)`
-that returns logits (B, T, V): the base model, and every prompt method's wrapper.
+`generate` works with anything callable as `model(ids, attention_mask=..., kv_cache=...,
+logits_to_keep=1)` that returns logits (B, 1, V) for the last position: the base model,
+and every prompt method's wrapper. Only the last position's logits are computed: the
+head is the largest matrix of a GPT-2-sized model, and the prefill has many positions.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def generate(
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         fresh = ids if not use_cache or len(cache) == 0 else ids[:, -1:]  # the prefill, then one token
-        logits = model(fresh, attention_mask=mask, kv_cache=cache)[:, -1, :]  # (B, V)
+        logits = model(fresh, attention_mask=mask, kv_cache=cache, logits_to_keep=1)[:, -1, :]  # (B, V)
         next_id = _choose(logits, temperature, top_k, generator)  # (B,)
         next_id = torch.where(finished, torch.full_like(next_id, pad_id), next_id)
         ids = torch.cat([ids, next_id[:, None]], dim=1)

@@ -33,7 +33,7 @@ from torch import nn
 from .attention import KVCache, attention_allowed
 from .block import Block
 from .config import ModelConfig
-from .validation import check_forward_inputs
+from .validation import check_forward_inputs, check_logits_to_keep
 
 PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -81,8 +81,16 @@ class MiniTransformer(nn.Module):
         hidden_prompts: Sequence[torch.Tensor | None] | None = None,  # per layer (B|1, P, C)
         prefix_kv: PrefixKV | None = None,  # per layer (k, v), each (B|1, H, P, D)
         kv_cache: KVCache | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,  # last n positions, or a (B, T) bool mask
     ) -> torch.Tensor:
-        """Return next-token logits (B, T, vocab_size) for every position of the input."""
+        """Return next-token logits (B, T, vocab_size) for every position of the input.
+
+        The head is the largest single matrix of a GPT-2-sized model (V x C: 38.6M of its
+        124M parameters), so it is worth running only where logits are read:
+        `logits_to_keep=n` gives (B, n, V) for the last n positions (generation needs n=1),
+        a (B, T) bool mask gives (N, V) for its N True positions, row by row (training
+        needs only the positions that carry a loss).
+        """
         past = len(kv_cache) if kv_cache is not None else 0
         prefix_len = check_forward_inputs(
             self.config, input_ids, inputs_embeds, attention_mask, position_ids,
@@ -90,6 +98,7 @@ class MiniTransformer(nn.Module):
         )
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T, _ = x.shape
+        check_logits_to_keep(logits_to_keep, B, T)
         if attention_mask is None:
             attention_mask = torch.ones(B, past + T, dtype=torch.long, device=x.device)
         if position_ids is None:
@@ -101,7 +110,7 @@ class MiniTransformer(nn.Module):
                 "shorten the input or the prompt"
             )
         x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
-        allowed = attention_allowed(attention_mask, T, prefix_len)  # (B, 1, T, P + S)
+        allowed = attention_allowed(attention_mask, T, prefix_len)  # (B, 1, T, P + S), None: plain causal
 
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:
@@ -109,5 +118,9 @@ class MiniTransformer(nn.Module):
                 x = torch.cat([prompt.expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
             prefix = prefix_kv[layer] if prefix_kv is not None else None
             x = block(x, allowed, prefix, kv_cache)
+        if isinstance(logits_to_keep, int):
+            x = x[:, -logits_to_keep:]  # (B, n, C)
+        elif logits_to_keep is not None:
+            x = x[logits_to_keep]  # (N, C)
         x = self.ln_f(x)
-        return F.linear(x, self.wte.weight)  # tied head: (B, T, C) @ (C, V) -> (B, T, V)
+        return F.linear(x, self.wte.weight)  # tied head: (..., C) @ (C, V) -> (..., V)

@@ -117,3 +117,17 @@ def _check_prefix(config: ModelConfig, prefix_kv, B: int) -> int:
     if any(kv is None for kv in prefix_kv) and lengths:
         raise ValueError("give every layer a prefix, or none (a zero-length prefix switches one off)")
     return lengths.pop() if lengths else 0
+
+
+def check_logits_to_keep(logits_to_keep, B: int, T: int) -> None:
+    """`logits_to_keep` is None, an int n in 1..T (the last n positions), or a (B, T) bool mask."""
+    if logits_to_keep is None:
+        return
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, torch.Tensor)):
+        raise ValueError(f"logits_to_keep must be an int or a (B, T) bool tensor, got {type(logits_to_keep).__name__}")
+    if isinstance(logits_to_keep, int):
+        if not 1 <= logits_to_keep <= T:
+            raise ValueError(f"logits_to_keep={logits_to_keep} must be in 1..T={T} (the positions of this call)")
+    elif logits_to_keep.dtype != torch.bool or tuple(logits_to_keep.shape) != (B, T):
+        raise ValueError(f"a logits_to_keep mask must be bool of shape (B, T) = {(B, T)}, got "
+                         f"{logits_to_keep.dtype} {tuple(logits_to_keep.shape)}")

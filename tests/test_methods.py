@@ -191,7 +191,7 @@ def test_lora_equals_the_base_with_its_update_merged_into_the_weights(small_mode
     check_freezing(model, batch(), steps=2)  # B moves away from zero
     merged = copy.deepcopy(small_model)
     with torch.no_grad():
-        for name, W in model.adapted_weights().items():
+        for name, W in model.merged_weights().items():
             merged.get_parameter(name).copy_(W)
     ids, mask, _ = batch()
     torch.testing.assert_close(model(ids, mask), merged(ids, attention_mask=mask), rtol=0, atol=ATOL)

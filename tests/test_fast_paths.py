@@ -1,0 +1,128 @@
+"""The shortcuts that make training and generation fast compute exactly what the plain paths do.
+
+- attention without padding: no mask is built, the kernel masks causally itself;
+- `logits_to_keep`: the head runs only where logits are read;
+- a deep prompt on every layer runs as the key/value prefix it amounts to;
+- LoRA adds its low-rank path to the layer outputs instead of forming W + BA;
+- in generation, a prefix (and the MLP that makes it) is computed once, not per token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ATOL, METHOD_FACTORIES, P
+
+from methods import DeepPromptConfig, DeepPromptModel, PrefixTuningConfig, PrefixTuningModel
+from methods.lora import LoRAModel
+from methods.train import answer_loss
+from minitransformer import CharTokenizer, KVCache, generate
+from minitransformer.attention import attention_allowed, causal_mask
+from minitransformer.data import IGNORE_INDEX, example_batch
+
+
+def batch():
+    return example_batch(CharTokenizer(), "rev", ["abc", "defgh", "xyzzy", "mn"], False)
+
+
+def test_causal_mask_is_the_loop_definition():
+    T, S = 3, 7  # 3 new queries after 4 earlier keys (a prefix or the cache)
+    expected = torch.tensor([[j <= (S - T) + i for j in range(S)] for i in range(T)])
+    assert torch.equal(causal_mask(T, S), expected)
+
+
+def test_attention_allowed_is_none_only_without_padding():
+    assert attention_allowed(torch.ones(2, 5, dtype=torch.long), 5, 3) is None
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 0] = 0
+    allowed = attention_allowed(mask, 5, 3)
+    assert allowed.shape == (2, 1, 5, 8)
+    assert torch.equal(allowed[0, 0], causal_mask(5, 8))  # the unpadded row: plain causal
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+@pytest.mark.parametrize("prefix_len, past", [(0, 0), (3, 0), (0, 4), (3, 4)])
+def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, use_sdpa, prefix_len, past):
+    attn = small_model.blocks[0].attn
+    attn.use_sdpa = use_sdpa
+    B, T, C, H, D = 2, 5, 32, 4, 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, C, generator=g)
+    prefix = (torch.randn(B, H, prefix_len, D, generator=g),) * 2 if prefix_len else None
+
+    def run(allowed):
+        cache = KVCache()
+        if past:
+            cache.extend(0, torch.randn(B, H, past, D, generator=torch.Generator().manual_seed(1)),
+                         torch.randn(B, H, past, D, generator=torch.Generator().manual_seed(2)))
+        return attn(x, allowed, prefix, cache)
+
+    explicit = causal_mask(T, prefix_len + past + T).expand(B, 1, T, -1)
+    torch.testing.assert_close(run(None), run(explicit), rtol=0, atol=ATOL)
+
+
+def test_base_logits_to_keep(small_model):
+    ids, mask, labels = batch()
+    full = small_model(ids, attention_mask=mask)
+    torch.testing.assert_close(small_model(ids, attention_mask=mask, logits_to_keep=2), full[:, -2:], rtol=0, atol=0)
+    keep = labels != IGNORE_INDEX
+    torch.testing.assert_close(small_model(ids, attention_mask=mask, logits_to_keep=keep), full[keep], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, 99, True, torch.ones(4, 3, dtype=torch.bool), torch.ones(4, 9)])
+def test_bad_logits_to_keep_is_refused(small_model, bad):
+    ids, mask, _ = batch()
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        small_model(ids, attention_mask=mask, logits_to_keep=bad)
+
+
+@pytest.mark.parametrize("name", METHOD_FACTORIES)
+def test_method_logits_to_keep_selects_real_tokens(small_model, name):
+    model = METHOD_FACTORIES[name](small_model).eval()
+    ids, mask, labels = batch()
+    full = model(ids, mask)
+    keep = labels != IGNORE_INDEX
+    torch.testing.assert_close(model(ids, mask, logits_to_keep=keep), full[keep], rtol=0, atol=ATOL)
+    torch.testing.assert_close(model(ids, mask, logits_to_keep=1), full[:, -1:], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, padded):
+    literal = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3, as_prefix=False))
+    fast = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3))
+    assert fast.computed_as_prefix and not literal.computed_as_prefix
+    ids, mask, _ = batch()
+    if not padded:
+        ids, mask = ids[:, :5], torch.ones_like(ids[:, :5])
+    torch.testing.assert_close(fast(ids, mask), literal(ids, mask), rtol=0, atol=ATOL)
+    # ... and so do their gradients, which is what training sees
+    grads = []
+    for model in (fast, literal):
+        model.zero_grad()
+        answer_loss(model, batch()).backward()
+        grads.append(model.prompts.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=ATOL)
+    prompt = torch.tensor([CharTokenizer().encode("abc=")])
+    assert torch.equal(generate(fast, prompt, 5), generate(literal, prompt, 5))
+
+
+def test_a_partial_deep_prompt_keeps_the_literal_form(small_model):
+    assert not DeepPromptModel(small_model, DeepPromptConfig(P, prompt_layers=2)).computed_as_prefix
+
+
+def test_generation_computes_the_prefix_once(small_model):
+    model = PrefixTuningModel(small_model, PrefixTuningConfig(P, prefix_projection=True, encoder_hidden_size=16))
+    calls = []
+    model.transform.register_forward_hook(lambda *_: calls.append(1))
+    out = generate(model, torch.tensor([CharTokenizer().encode("abc=")]), 6)
+    assert len(calls) == 1  # one prefill + 5 decoding steps, one run of the MLP
+    calls.clear()
+    assert torch.equal(generate(model, torch.tensor([CharTokenizer().encode("abc=")]), 6, use_cache=False), out)
+    assert len(calls) == 6  # without a cache there is nothing to keep it in: once per call
+
+
+def test_lora_hooks_are_removed_after_each_call(small_model):
+    model = LoRAModel(small_model)
+    ids, mask, _ = batch()
+    model(ids, mask)
+    assert all(not m._forward_hooks for m in small_model.modules())
