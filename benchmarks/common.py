@@ -133,6 +133,14 @@ def twins(method: str, shape: Shape, P: int, device: str):
     return ours.to(device), theirs.to(device)
 
 
+def store_frozen_in_bf16(model) -> None:
+    """Keep the weights that never change in bfloat16: half their memory, bf16 matrix units,
+    and no cast of every weight in every forward. The trainable parameters stay fp32."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+
+
 def same_function(method: str) -> bool:
     return method != "deep_prompt"
 
@@ -187,25 +195,31 @@ def peak_flops(device: str) -> float | None:
 
 
 def prepends_positions(method: str) -> bool:
-    return method in ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm", "deep_prompt")
+    """Whether the method's prompt runs through the blocks as positions (deep prompts run as a prefix)."""
+    return method in ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm")
 
 
-def training_flops(method: str, shape: Shape, B: int, T: int, P: int) -> float:
+def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: int, causal: bool = True) -> float:
     """FLOPs one training step needs, counting multiply and add as two.
 
     Weight matrices, 12 L C^2 numbers in the blocks plus V C in the head: a forward pass
     costs 2 FLOPs per number per position; the backward pass of a *frozen* matrix only
     computes the input's gradient, another 2, so prompt training costs 4x parameters per
-    position (full fine-tuning adds the weight gradients: 6x). The head runs on the T text
-    positions, the blocks on P + T when the prompt is made of positions. Attention, per
-    layer and query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice that
-    backward; causal masking halves the keys, and we count only the visible ones.
+    position (full fine-tuning adds the weight gradients: 6x). The blocks run on P + T
+    positions when the prompt is made of positions, on T otherwise; the head runs on the
+    `graded` positions of each row, where the loss is taken. Attention, per layer and
+    query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice that backward;
+    causal masking hides half the keys, and we count only the visible ones (`causal=False`
+    counts every key, the convention of PaLM's MFU, Megatron and nanoGPT).
     """
     C, L, V = shape.d_model, shape.n_layer, shape.vocab_size
     queries = P + T if prepends_positions(method) else T
     keys_before = 0 if prepends_positions(method) or method in ("lora", "full_finetune") else P
-    visible = sum(keys_before + i + 1 for i in range(queries))  # causal: query i sees the keys up to itself
-    forward_matmul = 2 * (12 * L * C * C * queries + V * C * T) * B
+    if causal:
+        visible = sum(keys_before + i + 1 for i in range(queries))  # query i sees the keys up to itself
+    else:
+        visible = queries * (keys_before + queries)
+    forward_matmul = 2 * (12 * L * C * C * queries + V * C * graded) * B
     attention = 4 * C * L * visible * B
     weight_grads = forward_matmul if method == "full_finetune" else 0
     return 2 * forward_matmul + weight_grads + 3 * attention

@@ -7,18 +7,20 @@ For each method and shape it builds both twins with the same weights (common.py)
 that they give the same loss, then alternates their steps `--reps` times (ours, theirs,
 theirs, ours, ...) so that a machine getting slower or faster mid-run hurts both alike,
 and reports the median step time, the ratio ours/theirs, tokens per second, the extra
-memory a step needs at its peak, and on a GPU the model FLOPs utilisation (MFU: the
+memory a step needs at its peak (activations, gradients, temporaries), the optimizer's
+state kept between steps, and on a GPU the model FLOPs utilisation (MFU: the
 FLOPs the step needs, `common.training_flops`, over its time and the chip's peak).
 
-The step: next-token cross-entropy on every text position of a batch of B rows of T
-random tokens (no padding), the prompt of P virtual tokens in front, AdamW on whatever
-requires a gradient.
+The step, as prompt tuning trains (Lester et al. 2021, §2; our methods/train.py): each of
+B rows is T random tokens (no padding), an input followed by its target, and the loss is
+next-token cross-entropy on the target half; the P virtual tokens go in front; AdamW on
+whatever requires a gradient. Both sides get the same labels, so the same loss.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import platform
 import statistics
@@ -28,41 +30,69 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import METHODS, SHAPES, peak_flops, peak_memory_of, same_function, synchronize, training_flops, twins
+from .common import (
+    METHODS,
+    SHAPES,
+    peak_flops,
+    peak_memory_of,
+    same_function,
+    store_frozen_in_bf16,
+    synchronize,
+    training_flops,
+    twins,
+)
 
 DEFAULT_BATCH = {  # (B, T) per device and shape: a CPU run of everything takes minutes, a GPU one fills the chip
     ("cpu", "toy"): (32, 96), ("cpu", "gpt2-small"): (4, 128),
-    ("cuda", "toy"): (256, 96), ("cuda", "gpt2-small"): (16, 1008),
+    ("cuda", "toy"): (256, 96), ("cuda", "gpt2-small"): (32, 1008),
 }
 
 
-def our_loss(model, ids):
-    logits = model(ids)  # (B, T, V): the real tokens only, the virtual ones are dropped
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+def graded_positions(ids, target_fraction):
+    """(B, T) bool: the positions whose next token is graded, those before each target token."""
+    T = ids.shape[1]
+    first_target = max(1, T - round(target_fraction * T))  # position 0 has no token before it
+    graded = torch.zeros_like(ids, dtype=torch.bool)
+    graded[:, first_target - 1:-1] = True
+    return graded
 
 
-def their_loss(model, ids):
-    # peft puts the labels of the virtual tokens at -100, so its last virtual position would
-    # predict the first text token; -100 there too makes both sides grade the same T - 1 tokens.
-    labels = torch.cat([torch.full_like(ids[:, :1], -100), ids[:, 1:]], dim=1)
+def cross_entropy(logits, targets):
+    return F.cross_entropy(logits.float(), targets)
+
+
+def our_loss(model, ids, target_fraction, loss_fn=cross_entropy):
+    graded = graded_positions(ids, target_fraction)
+    logits = model(ids, logits_to_keep=graded)  # (N, V): the head runs only where the loss is taken
+    return loss_fn(logits, ids[:, 1:][graded[:, :-1]])  # targets (N,)
+
+
+def their_loss(model, ids, target_fraction):
+    # HF shifts the labels itself: label t is graded by the logits of position t - 1.
+    labels = ids.masked_fill(~graded_positions(ids, target_fraction).roll(1, dims=1), -100)
     return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
 
 
-def make_step(model, loss_fn, ids, dtype, compile_model):
+def make_step(model, loss_fn, ids, autocast_bf16, compile_model):
     """One optimizer step as a function of nothing; returns the loss (a tensor, no sync)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    forward = torch.compile(loss_fn) if compile_model else loss_fn
-    device_type = ids.device.type
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # transformers' Trainer default (torch >= 2.8)
+    if compile_model:  # the blocks and the head with its loss, where the time goes; input checks stay eager
+        for block in model.base.blocks:
+            block.compile()
+        model.base.head = torch.compile(model.base.head)
+        loss_fn = functools.partial(loss_fn, loss_fn=torch.compile(cross_entropy))
+    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
     model.train()
 
     def step():
         with autocast:
-            loss = forward(model, ids)
+            loss = loss_fn(model, ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        step.optimizer_state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                                         for t in state.values() if torch.is_tensor(t))
         return loss
     return step
 
@@ -80,13 +110,22 @@ def bench_method(method, shape, args) -> dict:
     P, device = args.prompt_len, args.device
     ours, theirs = twins(method, shape, P, device)
     ids = torch.randint(1, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(0)).to(device)
+    graded = int(graded_positions(ids, args.target_fraction)[0].sum())  # per row
+    ours_loss = functools.partial(our_loss, target_fraction=args.target_fraction)
+    theirs_loss = functools.partial(their_loss, target_fraction=args.target_fraction)
     with torch.no_grad():  # the same function, or the timing means nothing
-        loss_ours, loss_theirs = our_loss(ours.eval(), ids).item(), their_loss(theirs.eval(), ids).item()
+        loss_ours, loss_theirs = ours_loss(ours.eval(), ids).item(), theirs_loss(theirs.eval(), ids).item()
     if same_function(method) and abs(loss_ours - loss_theirs) > 1e-4 * max(1.0, abs(loss_theirs)):
         raise AssertionError(f"{method} on {shape.name}: our loss {loss_ours} != peft's {loss_theirs}")
-    sides = {"ours": make_step(ours, our_loss, ids, args.dtype, args.compile)}
+    # bf16: a frozen base is simply stored in bf16 (the trainable parameters stay fp32 and are cast
+    # where they enter); full fine-tuning trains every weight, so it keeps fp32 weights and autocasts.
+    frozen_bf16 = args.dtype == "bf16" and method != "full_finetune"
+    if frozen_bf16:
+        store_frozen_in_bf16(ours), store_frozen_in_bf16(theirs)
+    autocast = args.dtype == "bf16" and not frozen_bf16
+    sides = {"ours": make_step(ours, ours_loss, ids, autocast, args.compile)}
     if not args.ours_only:
-        sides["theirs"] = make_step(theirs, their_loss, ids, args.dtype, False)
+        sides["theirs"] = make_step(theirs, theirs_loss, ids, autocast, False)
     for step in sides.values():
         for _ in range(args.warmup):
             step()
@@ -96,14 +135,18 @@ def bench_method(method, shape, args) -> dict:
         for name in order:
             times[name].append(timed(sides[name], device))
     row = {"shape": shape.name, "method": method, "B": B, "T": T, "P": P,
-           "loss_ours": loss_ours, "loss_theirs": loss_theirs, "flops": training_flops(method, shape, B, T, P)}
+           "loss_ours": loss_ours, "loss_theirs": loss_theirs, "target_fraction": args.target_fraction,
+           "flops": training_flops(method, shape, B, T, P, graded), "flops_full_attention":
+           training_flops(method, shape, B, T, P, graded, causal=False)}
     for name, step in sides.items():
         median = statistics.median(times[name])
         row[f"{name}_ms"] = 1e3 * median
         row[f"{name}_tokens_per_s"] = B * T / median
         row[f"{name}_peak_bytes"] = peak_memory_of(step, device)
+        row[f"{name}_optimizer_state_bytes"] = step.optimizer_state_bytes  # AdamW's two moments, kept between steps
         peak = peak_flops(device)
         row[f"{name}_mfu"] = row["flops"] / median / peak if peak and args.dtype == "bf16" else None
+        row[f"{name}_mfu_full_attention"] = row["flops_full_attention"] / median / peak if row[f"{name}_mfu"] else None
     if "theirs" in sides:
         row["ratio"] = row["ours_ms"] / row["theirs_ms"]
         row["memory_ratio"] = row["ours_peak_bytes"] / max(row["theirs_peak_bytes"], 1)
@@ -115,7 +158,7 @@ def format_row(r) -> str:
     text = f"{r['shape']:<11} {r['method']:<14} {r['ours_ms']:9.1f} ms {r['ours_tokens_per_s']:10.0f} tok/s "
     text += f"{r['ours_peak_bytes'] / mb:8.1f} MiB"
     if r.get("ours_mfu") is not None:
-        text += f"  MFU {100 * r['ours_mfu']:5.1f}%"
+        text += f"  MFU {100 * r['ours_mfu']:5.1f}% ({100 * r['ours_mfu_full_attention']:.1f}% full attn)"
     if "theirs_ms" in r:
         text += f" | peft {r['theirs_ms']:9.1f} ms {r['theirs_peak_bytes'] / mb:8.1f} MiB"
         text += f" | ratio {r['ratio']:.2f}  memory {r['memory_ratio']:.2f}"
@@ -131,8 +174,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, nargs=2, metavar=("B", "T"), help="override the default (B, T)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our forward + loss")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: a frozen base stored in bf16 (full fine-tuning: autocast), both sides")
+    parser.add_argument("--target-fraction", type=float, default=0.5,
+                        help="the share of each row that is graded target (1: a language-modelling loss on all)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model's blocks")
     parser.add_argument("--ours-only", action="store_true", help="skip peft (e.g. for the MFU run)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)

@@ -108,7 +108,7 @@ class DeepPromptModel(PromptModel):
         P = state.shape[2]
         prefix = []
         for l, block in enumerate(self.base.blocks):
-            hidden = state[:, l]  # (B|1, P, C): what enters block l at the prompt positions
+            hidden = state[:, l].to(self.base.wpe.weight.dtype)  # (B|1, P, C): what enters block l there
             if l == 0:  # the input layer's prompt is an embedding: the model adds positions 0..P-1
                 hidden = hidden + self.base.wpe.weight[:P]
             prefix.append(block.attn.keys_values(block.ln_1(hidden)))

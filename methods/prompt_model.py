@@ -209,7 +209,8 @@ def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids
     mask = torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
     if prompt is None:
         return {"input_ids": input_ids, "attention_mask": mask}
-    embeds = torch.cat([prompt.expand(B, -1, -1), base.wte(input_ids)], dim=1)  # (B, P + T, C)
+    tokens = base.wte(input_ids)  # (B, T, C)
+    embeds = torch.cat([prompt.to(tokens.dtype).expand(B, -1, -1), tokens], dim=1)  # (B, P + T, C)
     return {"inputs_embeds": embeds, "attention_mask": mask}
 
 

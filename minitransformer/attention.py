@@ -91,15 +91,19 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.extend(self.layer_index, k, v)  # (B, H, S, D), S = past + T
         if prefix is not None:
             prefix_k, prefix_v = prefix
-            k = torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
-            v = torch.cat([prefix_v.expand(B, -1, -1, -1), v], dim=2)
+            # (in k's dtype: under bf16 autocast the projections give bf16, a prefix parameter is fp32)
+            k = torch.cat([prefix_k.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
+            v = torch.cat([prefix_v.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
 
         if self.use_sdpa:
             dropout = self.attn_dropout.p if self.training else 0.0
             # No padding: let the fused kernel apply the causal mask itself (and skip the masked
             # blocks), aligned so the last query sees every key. Same function, no (T, S) mask.
-            mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            if allowed is None and T == k.shape[2]:  # no prefix, no cache: the plain causal square
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            else:
+                mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             if allowed is None:
                 allowed = causal_mask(T, k.shape[2], q.device)  # (T, P + S)

@@ -115,12 +115,21 @@ class MiniTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:
                 prompt = hidden_prompts[layer]  # (B|1, P, C)
-                x = torch.cat([prompt.expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
+                x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
             prefix = prefix_kv[layer] if prefix_kv is not None else None
             x = block(x, allowed, prefix, kv_cache)
         if isinstance(logits_to_keep, int):
             x = x[:, -logits_to_keep:]  # (B, n, C)
         elif logits_to_keep is not None:
             x = x[logits_to_keep]  # (N, C)
-        x = self.ln_f(x)
-        return F.linear(x, self.wte.weight)  # tied head: (..., C) @ (C, V) -> (..., V)
+        return self.head(self.ln_f(x))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Next-token logits, (..., C) -> (..., V): the tied head x E^T."""
+        E = self.wte.weight  # (V, C)
+        pad = -E.shape[0] % 64
+        if x.is_cuda and pad:
+            # GPU matrix units want sizes in multiples of 64; with an odd V (GPT-2's 50257)
+            # cuBLAS falls back to a kernel ~3x slower. Pad E with zero rows, drop their logits.
+            return F.linear(x, F.pad(E, (0, 0, 0, pad)))[..., :E.shape[0]]
+        return F.linear(x, E)

@@ -1,0 +1,103 @@
+"""Tokens per second of batched greedy generation with a prompt, KV cache on: ours against peft's.
+
+    python -m benchmarks.generation                        # CPU, both shapes
+    python -m benchmarks.generation --device cuda --dtype bf16
+
+Each method's twins (common.py: the same weights, the same prompt values) continue the
+same B rows of random tokens for `new` tokens with greedy decoding: ours through
+`minitransformer.generate`, theirs through peft's `generate` (which calls transformers').
+Neither stops early (no end-of-sequence token). Both runs are timed alternately
+`--reps` times; the medians give tokens per second (B * new / seconds). Where the twins
+compute the same function, the share of generated tokens on which they agree is reported
+too: greedy decoding of the same logits gives the same tokens, up to float ties.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from minitransformer import generate
+
+from .common import SHAPES, same_function, synchronize, twins
+
+METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
+DEFAULT_SIZES = {  # (B rows, input length, new tokens)
+    ("cpu", "toy"): (32, 16, 32), ("cpu", "gpt2-small"): (4, 32, 32),
+    ("cuda", "toy"): (64, 16, 64), ("cuda", "gpt2-small"): (32, 128, 128),
+}
+
+
+def ours_generate(model, ids, new):
+    return generate(model, ids, new)
+
+
+def theirs_generate(model, ids, new):
+    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                          min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+def bench_method(method, shape, args) -> dict:
+    B, T, new = args.sizes or DEFAULT_SIZES[(args.device.split(":")[0], shape.name)]
+    ours, theirs = twins(method, shape, args.prompt_len, args.device)
+    ours.eval(), theirs.eval()
+    ids = torch.randint(1, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(0)).to(args.device)
+    autocast = (torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16"
+                else contextlib.nullcontext())
+    runs = {"ours": lambda: ours_generate(ours, ids, new), "theirs": lambda: theirs_generate(theirs, ids, new)}
+    outputs, times = {}, {name: [] for name in runs}
+    with torch.no_grad(), autocast:
+        for name, run in runs.items():
+            outputs[name] = run()[:, -new:]  # warm-up, and the tokens to compare
+        for rep in range(args.reps):
+            for name in (runs if rep % 2 == 0 else reversed(list(runs))):
+                synchronize(args.device)
+                start = time.perf_counter()
+                runs[name]()
+                synchronize(args.device)
+                times[name].append(time.perf_counter() - start)
+    row = {"shape": shape.name, "method": method, "B": B, "T": T, "new": new, "P": args.prompt_len}
+    for name in runs:
+        row[f"{name}_tokens_per_s"] = B * new / statistics.median(times[name])
+    row["speedup"] = row["ours_tokens_per_s"] / row["theirs_tokens_per_s"]
+    row["agreement"] = (outputs["ours"] == outputs["theirs"]).float().mean().item() if same_function(method) else None
+    return row
+
+
+def format_row(r) -> str:
+    agreement = f"{100 * r['agreement']:5.1f}%" if r["agreement"] is not None else "  n/a "
+    return (f"{r['shape']:<11} {r['method']:<14} ours {r['ours_tokens_per_s']:9.0f} tok/s | "
+            f"peft {r['theirs_tokens_per_s']:9.0f} tok/s | ours/peft {r['speedup']:5.2f}x | same tokens {agreement}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--sizes", type=int, nargs=3, metavar=("B", "T", "NEW"), help="override the defaults")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = []
+    for shape_name in args.shapes:
+        for method in args.methods:
+            rows.append(bench_method(method, SHAPES[shape_name], args))
+            print(format_row(rows[-1]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
+                "threads": torch.get_num_threads()}
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
