@@ -54,7 +54,7 @@ class Shape:
         from transformers import GPT2Config
         return GPT2Config(vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.d_model,
                           n_layer=self.n_layer, n_head=self.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                          attn_pdrop=0.0)
+                          attn_pdrop=0.0, bos_token_id=self.vocab_size - 1, eos_token_id=self.vocab_size - 1)
 
 
 SHAPES = {
@@ -210,7 +210,9 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
     `graded` positions of each row, where the loss is taken. Attention, per layer and
     query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice that backward;
     causal masking hides half the keys, and we count only the visible ones (`causal=False`
-    counts every key, the convention of PaLM's MFU, Megatron and nanoGPT).
+    counts every key, the convention of PaLM's MFU, Megatron and nanoGPT). With a prefix,
+    layer 0's queries and its input's gradient are not needed, and are not counted.
+    tests/test_benchmarks.py checks this count against PyTorch's FLOP counter.
     """
     C, L, V = shape.d_model, shape.n_layer, shape.vocab_size
     queries = P + T if prepends_positions(method) else T
@@ -222,4 +224,7 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
     forward_matmul = 2 * (12 * L * C * C * queries + V * C * graded) * B
     attention = 4 * C * L * visible * B
     weight_grads = forward_matmul if method == "full_finetune" else 0
-    return 2 * forward_matmul + weight_grads + 3 * attention
+    total = 2 * forward_matmul + weight_grads + 3 * attention
+    if keys_before:  # a prefix enters at layer 0's keys: below them nothing needs a gradient, so
+        total -= 2 * B * (3 * C * C * queries + C * visible)  # no input gradient of c_attn, no dQ there
+    return total

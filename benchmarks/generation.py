@@ -52,9 +52,17 @@ def bench_method(method, shape, args) -> dict:
                 else contextlib.nullcontext())
     runs = {"ours": lambda: ours_generate(ours, ids, new), "theirs": lambda: theirs_generate(theirs, ids, new)}
     outputs, times = {}, {name: [] for name in runs}
+    row = {"shape": shape.name, "method": method, "B": B, "T": T, "new": new, "P": args.prompt_len, "error": None}
     with torch.no_grad(), autocast:
         for name, run in runs.items():
-            outputs[name] = run()[:, -new:]  # warm-up, and the tokens to compare
+            try:
+                outputs[name] = run()[:, -new:]  # warm-up, and the tokens to compare
+            except Exception as error:  # a broken side is reported, not hidden
+                if name == "ours":
+                    raise
+                row["error"] = f"peft: {type(error).__name__}: {error}"
+                runs = {"ours": runs["ours"]}
+                times.pop("theirs")
         for rep in range(args.reps):
             for name in (runs if rep % 2 == 0 else reversed(list(runs))):
                 synchronize(args.device)
@@ -62,15 +70,19 @@ def bench_method(method, shape, args) -> dict:
                 runs[name]()
                 synchronize(args.device)
                 times[name].append(time.perf_counter() - start)
-    row = {"shape": shape.name, "method": method, "B": B, "T": T, "new": new, "P": args.prompt_len}
+    row["theirs_tokens_per_s"] = row["speedup"] = row["agreement"] = None
     for name in runs:
         row[f"{name}_tokens_per_s"] = B * new / statistics.median(times[name])
-    row["speedup"] = row["ours_tokens_per_s"] / row["theirs_tokens_per_s"]
-    row["agreement"] = (outputs["ours"] == outputs["theirs"]).float().mean().item() if same_function(method) else None
+    if "theirs" in runs:
+        row["speedup"] = row["ours_tokens_per_s"] / row["theirs_tokens_per_s"]
+        if same_function(method):
+            row["agreement"] = (outputs["ours"] == outputs["theirs"]).float().mean().item()
     return row
 
 
 def format_row(r) -> str:
+    if r["error"]:
+        return f"{r['shape']:<11} {r['method']:<14} ours {r['ours_tokens_per_s']:9.0f} tok/s | {r['error'][:90]}"
     agreement = f"{100 * r['agreement']:5.1f}%" if r["agreement"] is not None else "  n/a "
     return (f"{r['shape']:<11} {r['method']:<14} ours {r['ours_tokens_per_s']:9.0f} tok/s | "
             f"peft {r['theirs_tokens_per_s']:9.0f} tok/s | ours/peft {r['speedup']:5.2f}x | same tokens {agreement}")

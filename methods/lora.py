@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
 from minitransformer import KVCache, MiniTransformer
 
 from .prompt_model import PromptModel

@@ -26,7 +26,8 @@ Each method writes two small functions in its own file:
 With a KV cache (generation), a prompt made of positions (soft prompt, P-tuning, deep
 prompt) is computed once, on the first call; the cache then holds the virtual positions,
 and later calls only extend the attention mask. A prefix lives outside the cache and is
-passed on every call (`prompt_in_cache = False`).
+passed on every call (`prompt_in_cache = False`); it is computed on the first call and
+kept beside the cache (`state_for_call`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from minitransformer.pretrain import cosine_lr, lm_loss
 
 from .prompt_model import PromptModel
 
-
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -1,0 +1,71 @@
+"""Print the benchmark results in benchmarks/results/ as the Markdown tables of benchmarks/README.md.
+
+    python -m benchmarks.report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+MIB = 2 ** 20
+
+
+def load(name: str) -> list[dict] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text())["rows"] if path.exists() else None
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = ["| shape | method | B x T | ours ms | peft ms | ours/peft | ours MiB | peft MiB | memory ours/peft "
+             "| optimizer state MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['method']} | {r['B']} x {r['T']} | {r['ours_ms']:.1f} | "
+                     f"{r['theirs_ms']:.1f} | **{r['ratio']:.2f}** | {r['ours_peak_bytes'] / MIB:.0f} | "
+                     f"{r['theirs_peak_bytes'] / MIB:.0f} | {r['memory_ratio']:.2f} | "
+                     f"{r['ours_optimizer_state_bytes'] / MIB:.2f} |")
+    return "\n".join(lines)
+
+
+def mfu_table(rows: list[dict]) -> str:
+    lines = ["| method | B x T | ms / step | tokens / s | TFLOP / step | MFU (causal count) | MFU (full attention) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['B']} x {r['T']} | {r['ours_ms']:.1f} | {r['ours_tokens_per_s']:,.0f} | "
+                     f"{r['flops'] / 1e12:.2f} | **{100 * r['ours_mfu']:.1f}%** | "
+                     f"{100 * r['ours_mfu_full_attention']:.1f}% |")
+    return "\n".join(lines)
+
+
+def generation_table(rows: list[dict]) -> str:
+    lines = ["| shape | method | B, input, new | ours tokens/s | peft tokens/s | ours/peft | same tokens |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['shape']} | {r['method']} | {r['B']}, {r['T']}, {r['new']} | "
+                         f"{r['ours_tokens_per_s']:,.0f} | failed | | {r['error'][:60]} |")
+            continue
+        same = f"{100 * r['agreement']:.1f}%" if r["agreement"] is not None else "n/a"
+        lines.append(f"| {r['shape']} | {r['method']} | {r['B']}, {r['T']}, {r['new']} | "
+                     f"{r['ours_tokens_per_s']:,.0f} | {r['theirs_tokens_per_s']:,.0f} | **{r['speedup']:.2f}x** | "
+                     f"{same} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    sections = [("CPU: training step, toy", "cpu_train_toy.json", train_table),
+                ("CPU: training step, GPT-2 small", "cpu_train_gpt2.json", train_table),
+                ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
+                ("GPU: prompt-training MFU (ours, bf16, compiled)", "gpu_mfu.json", mfu_table),
+                ("GPU: training step, both eager, bf16", "gpu_train_vs_peft.json", train_table),
+                ("GPU: cached greedy generation, bf16", "gpu_generation.json", generation_table)]
+    for title, name, table in sections:
+        rows = load(name)
+        if rows:
+            print(f"### {title}\n\n{table(rows)}\n")
+
+
+if __name__ == "__main__":
+    main()

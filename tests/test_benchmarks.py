@@ -1,0 +1,78 @@
+"""The benchmarks measure what they say: the FLOP count, the twins, and both scripts end to end.
+
+Speed itself is never asserted here (a loaded CI machine would make such a test flaky);
+the numbers live in benchmarks/README.md, produced by the commands given there.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import generation, train_step
+from benchmarks.common import Shape, training_flops, twins
+
+TINY = Shape("tiny", vocab_size=41, block_size=32, d_model=32, n_layer=2, n_head=4)
+
+
+@pytest.mark.parametrize("method", ["soft_prompt", "prefix_tuning", "full_finetune"])
+def test_flop_formula_matches_pytorchs_flop_counter(method):
+    """FlopCounterMode counts every matrix product of a real forward + backward pass: with
+    frozen weights it sees no weight gradients, so this checks the '4x, not 6x' claim too.
+    The explicit attention path computes all T x S scores, so the count is the full-attention one."""
+    B, T, P = 2, 12, 4
+    ours, _ = twins(method, TINY, P, "cpu")
+    ours.base.set_attention_implementation(use_sdpa=False)
+    ids = torch.randint(1, TINY.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    graded = int(train_step.graded_positions(ids, 0.5)[0].sum())
+    with FlopCounterMode(display=False) as counter:
+        train_step.our_loss(ours, ids, 0.5).backward()
+    assert counter.get_total_flops() == training_flops(method, TINY, B, T, P, graded, causal=False)
+
+
+def test_causal_count_is_about_half_the_attention():
+    full = training_flops("prefix_tuning", TINY, 1, 20, 0, 10, causal=False)
+    causal = training_flops("prefix_tuning", TINY, 1, 20, 0, 10)
+    attention_full = 3 * 4 * TINY.d_model * TINY.n_layer * 20 * 20
+    assert full - causal == attention_full * (1 - 210 / 400)  # 210 = 1 + 2 + ... + 20 visible keys
+
+
+@pytest.mark.parametrize("method", ["soft_prompt", "p_tuning_lstm", "prefix_mlp", "lora", "full_finetune"])
+def test_twins_compute_the_same_loss(method):
+    ours, theirs = twins(method, TINY, 4, "cpu")
+    ids = torch.randint(1, TINY.vocab_size, (3, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(train_step.our_loss(ours, ids, 0.5), train_step.their_loss(theirs, ids, 0.5),
+                                   rtol=0, atol=1e-5)
+
+
+def test_train_step_script_runs_and_writes_rows(tmp_path, monkeypatch):
+    monkeypatch.setitem(train_step.SHAPES, "toy", TINY)
+    out = tmp_path / "rows.json"
+    train_step.main(["--shapes", "toy", "--methods", "soft_prompt", "deep_prompt", "--batch", "2", "12",
+                     "--prompt-len", "4", "--reps", "1", "--warmup", "0", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["soft_prompt", "deep_prompt"]
+    assert all(r["ours_ms"] > 0 and r["theirs_ms"] > 0 and r["ratio"] > 0 for r in rows)
+
+
+def test_generation_script_gives_the_same_tokens_as_peft(tmp_path, monkeypatch):
+    monkeypatch.setitem(generation.SHAPES, "toy", TINY)
+    out = tmp_path / "rows.json"
+    generation.main(["--shapes", "toy", "--methods", "lora", "--sizes", "2", "5", "6",
+                     "--prompt-len", "4", "--reps", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    # fp32 greedy decoding of the same function. (LoRA: with transformers 5.24 + peft 0.21.2,
+    # peft's cached generation with prompt methods is broken; see benchmarks/README.md.)
+    assert [r["agreement"] for r in rows] == [1.0]
+
+
+def test_graded_positions_grade_the_target_half():
+    ids = torch.arange(8)[None]
+    graded = train_step.graded_positions(ids, 0.5)
+    assert graded[0].tolist() == [False, False, False, True, True, True, True, False]  # predicts tokens 4..7
+    assert functools.reduce(int.__add__, train_step.graded_positions(ids, 1.0)[0].tolist()) == 7
