@@ -126,17 +126,15 @@ def attention_allowed(
     attention_mask: torch.Tensor,  # (B, S): 1 = real token, 0 = padding; covers cache + current
     num_new: int,  # T, the positions processed in this call (the last T of S)
     prefix_len: int = 0,  # P, keys in front that every query may see
-) -> torch.Tensor | None:
-    """Which keys each query may attend to: (B, 1, T, P + S) bool, or None if nothing is padding.
+) -> torch.Tensor:
+    """Which keys each query may attend to: (B, 1, T, P + S) bool.
 
     A query sees a key when the key is not padding and does not lie in the future
     (causality); prefix keys are always visible. A query also always sees itself, so a
     padding position (whose output nobody reads) never has an all-masked, NaN row.
-    Without padding this is `causal_mask(T, P + S)` for every row, and attention builds
-    that itself (or lets a fused kernel apply it), so None is returned.
+    Without padding every row is `causal_mask(T, P + S)`; the model then passes None
+    instead, and attention applies the causal mask itself (or lets a fused kernel do it).
     """
-    if bool(attention_mask.all()):
-        return None
     B, S = attention_mask.shape
     query_pos = torch.arange(S - num_new, S, device=attention_mask.device)[:, None]  # (T, 1)
     key_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)

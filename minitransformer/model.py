@@ -110,7 +110,8 @@ class MiniTransformer(nn.Module):
                 "shorten the input or the prompt"
             )
         x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
-        allowed = attention_allowed(attention_mask, T, prefix_len)  # (B, 1, T, P + S), None: plain causal
+        # (B, 1, T, P + S); without padding None: plain causal masking, which attention applies itself
+        allowed = None if bool(attention_mask.all()) else attention_allowed(attention_mask, T, prefix_len)
 
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:

@@ -31,13 +31,14 @@ def test_causal_mask_is_the_loop_definition():
     assert torch.equal(causal_mask(T, S), expected)
 
 
-def test_attention_allowed_is_none_only_without_padding():
-    assert attention_allowed(torch.ones(2, 5, dtype=torch.long), 5, 3) is None
+def test_without_padding_the_mask_is_plain_causal():
+    """What the model skips building when nothing is padded (it passes None instead)."""
     mask = torch.ones(2, 5, dtype=torch.long)
     mask[1, 0] = 0
     allowed = attention_allowed(mask, 5, 3)
     assert allowed.shape == (2, 1, 5, 8)
     assert torch.equal(allowed[0, 0], causal_mask(5, 8))  # the unpadded row: plain causal
+    assert not torch.equal(allowed[1, 0], causal_mask(5, 8))
 
 
 @pytest.mark.parametrize("use_sdpa", [True, False])
