@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -228,3 +230,20 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
     if keys_before:  # a prefix enters at layer 0's keys: below them nothing needs a gradient, so
         total -= 2 * B * (3 * C * C * queries + C * visible)  # no input gradient of c_attn, no dQ there
     return total
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_and_save(args, bench_method, format_row) -> list[dict]:
+    """Benchmark every (shape, method) of `args`, print a line each, write the rows to `args.out`."""
+    rows = []
+    for shape_name in args.shapes:
+        for method in args.methods:
+            rows.append(bench_method(method, SHAPES[shape_name], args))
+            print(format_row(rows[-1]), flush=True)
+    if args.out:
+        machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
+        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
+                "machine": machine, "threads": torch.get_num_threads()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows

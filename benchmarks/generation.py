@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from minitransformer import generate
 
-from .common import SHAPES, same_function, synchronize, twins
+from .common import SHAPES, run_and_save, same_function, synchronize, twins
 
 METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
 DEFAULT_SIZES = {  # (B rows, input length, new tokens)
@@ -99,16 +98,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = []
-    for shape_name in args.shapes:
-        for method in args.methods:
-            rows.append(bench_method(method, SHAPES[shape_name], args))
-            print(format_row(rows[-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-                "threads": torch.get_num_threads()}
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    run_and_save(args, bench_method, format_row)
 
 
 if __name__ == "__main__":

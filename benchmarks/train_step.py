@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from .common import (
     SHAPES,
     peak_flops,
     peak_memory_of,
+    run_and_save,
     same_function,
     store_frozen_in_bf16,
     synchronize,
@@ -183,17 +182,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    rows = []
-    for shape_name in args.shapes:
-        for method in args.methods:
-            rows.append(bench_method(method, SHAPES[shape_name], args))
-            print(format_row(rows[-1]), flush=True)
-    if args.out:
-        machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-                "machine": machine, "threads": torch.get_num_threads()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    run_and_save(args, bench_method, format_row)
 
 
 if __name__ == "__main__":
