@@ -20,11 +20,13 @@ before it times anything, so a fast wrong answer cannot pass as a speed-up.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import json
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -233,6 +235,17 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
 
 
 # -- running ------------------------------------------------------------------------------------
+def base_parser(description: str, methods: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The arguments both benchmark scripts take; each adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    return parser
+
+
 def run_and_save(args, bench_method, format_row) -> list[dict]:
     """Benchmark every (shape, method) of `args`, print a line each, write the rows to `args.out`."""
     rows = []

@@ -14,17 +14,15 @@ too: greedy decoding of the same logits gives the same tokens, up to float ties.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from minitransformer import generate
 
-from .common import SHAPES, run_and_save, same_function, synchronize, twins
+from .common import base_parser, run_and_save, same_function, synchronize, twins
 
 METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
 DEFAULT_SIZES = {  # (B rows, input length, new tokens)
@@ -88,15 +86,10 @@ def format_row(r) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--prompt-len", type=int, default=16)
+    parser = base_parser(__doc__.splitlines()[0], METHODS)
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("B", "T", "NEW"), help="override the defaults")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     run_and_save(args, bench_method, format_row)
 

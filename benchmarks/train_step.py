@@ -19,18 +19,16 @@ whatever requires a gradient. Both sides get the same labels, so the same loss.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .common import (
     METHODS,
-    SHAPES,
+    base_parser,
     peak_flops,
     peak_memory_of,
     run_and_save,
@@ -90,9 +88,8 @@ def make_step(model, loss_fn, ids, autocast_bf16, compile_model):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step.optimizer_state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
-                                         for t in state.values() if torch.is_tensor(t))
         return loss
+    step.optimizer = optimizer
     return step
 
 
@@ -142,7 +139,9 @@ def bench_method(method, shape, args) -> dict:
         row[f"{name}_ms"] = 1e3 * median
         row[f"{name}_tokens_per_s"] = B * T / median
         row[f"{name}_peak_bytes"] = peak_memory_of(step, device)
-        row[f"{name}_optimizer_state_bytes"] = step.optimizer_state_bytes  # AdamW's two moments, kept between steps
+        row[f"{name}_optimizer_state_bytes"] = sum(  # AdamW's two moments, kept between steps
+            t.numel() * t.element_size() for state in step.optimizer.state.values() for t in state.values()
+            if torch.is_tensor(t))
         peak = peak_flops(device)
         row[f"{name}_mfu"] = row["flops"] / median / peak if peak and args.dtype == "bf16" else None
         row[f"{name}_mfu_full_attention"] = row["flops_full_attention"] / median / peak if row[f"{name}_mfu"] else None
@@ -165,11 +164,7 @@ def format_row(r) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--prompt-len", type=int, default=16)
+    parser = base_parser(__doc__.splitlines()[0], METHODS)
     parser.add_argument("--batch", type=int, nargs=2, metavar=("B", "T"), help="override the default (B, T)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -179,7 +174,6 @@ def main(argv=None) -> None:
                         help="the share of each row that is graded target (1: a language-modelling loss on all)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model's blocks")
     parser.add_argument("--ours-only", action="store_true", help="skip peft (e.g. for the MFU run)")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     run_and_save(args, bench_method, format_row)

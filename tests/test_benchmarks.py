@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import generation, train_step
-from benchmarks.common import Shape, training_flops, twins
+from benchmarks.common import SHAPES, Shape, training_flops, twins
 
 TINY = Shape("tiny", vocab_size=41, block_size=32, d_model=32, n_layer=2, n_head=4)
 
@@ -51,7 +51,7 @@ def test_twins_compute_the_same_loss(method):
 
 
 def test_train_step_script_runs_and_writes_rows(tmp_path, monkeypatch):
-    monkeypatch.setitem(train_step.SHAPES, "toy", TINY)
+    monkeypatch.setitem(SHAPES, "toy", TINY)
     out = tmp_path / "rows.json"
     train_step.main(["--shapes", "toy", "--methods", "soft_prompt", "deep_prompt", "--batch", "2", "12",
                      "--prompt-len", "4", "--reps", "1", "--warmup", "0", "--out", str(out)])
@@ -61,7 +61,7 @@ def test_train_step_script_runs_and_writes_rows(tmp_path, monkeypatch):
 
 
 def test_generation_script_gives_the_same_tokens_as_peft(tmp_path, monkeypatch):
-    monkeypatch.setitem(generation.SHAPES, "toy", TINY)
+    monkeypatch.setitem(SHAPES, "toy", TINY)
     out = tmp_path / "rows.json"
     generation.main(["--shapes", "toy", "--methods", "lora", "--sizes", "2", "5", "6",
                      "--prompt-len", "4", "--reps", "1", "--out", str(out)])
