@@ -91,7 +91,7 @@ class PromptModel(nn.Module):
         """The prompt as one tensor with a leading batch dimension of 1, e.g. (1, P, C)."""
         raise NotImplementedError(f"{type(self).__name__} has no prompt state to serve")
 
-    def hooks_for(self, state: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def hooks_for(self, state: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   first_call: bool) -> dict:
         """The keyword arguments for `self.base(...)` given a state of 1 or B rows (None: the cache holds it)."""
         raise NotImplementedError(f"{type(self).__name__} does not take a prompt state")
@@ -153,7 +153,7 @@ class PromptModel(nn.Module):
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      kv_cache: KVCache | None) -> torch.Tensor:
-        """Refuse bad input before the prompt goes in front of it; return the (B, S) mask.
+        """Refuse bad input before the prompt goes in front of it; return the (B, S) mask (None: no padding).
 
         The base model checks its own input, but a prompt method turns `input_ids` into
         embeddings first, and an error there would not name the fix. The P virtual
@@ -162,12 +162,15 @@ class PromptModel(nn.Module):
         B, T = check_token_ids(self.base.config, input_ids)
         if B == 0 or T == 0:
             raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         cached = not is_first_call(kv_cache)  # the base checks the cached length (P may be in it)
-        check_attention_mask(attention_mask, B, attention_mask.shape[-1] if cached else T)
+        if attention_mask is None and not cached:
+            longest = T  # no padding: every row has T real tokens (and the mask stays None: nothing to read)
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            check_attention_mask(attention_mask, B, attention_mask.shape[-1] if cached else T)
+            longest = int(attention_mask.sum(dim=1).max())  # real tokens of the longest row, cache included
         P, block_size = self.config.num_virtual_tokens, self.base.config.block_size
-        longest = int(attention_mask.sum(dim=1).max())  # real tokens of the longest row, cache included
         if P + longest > block_size:
             raise ValueError(f"the prompt's {P} virtual tokens + {longest} real tokens = {P + longest} positions "
                              f"exceed the context block_size={block_size}; shorten the input to at most "
@@ -199,15 +202,17 @@ def is_first_call(kv_cache: KVCache | None) -> bool:
 
 
 def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor, num_virtual_tokens: int) -> dict:
+                   attention_mask: torch.Tensor | None, num_virtual_tokens: int) -> dict:
     """Hooks for methods that put P vectors in front of the input (soft prompt, P-tuning, deep prompt).
 
     First call: `inputs_embeds = [prompt; E[input_ids]]`, (B, P + T, C). Later calls (the KV
     cache already holds the prompt positions, `prompt` is None): the new tokens as ids.
-    Either way the attention mask gains P ones in front: virtual tokens are never padding.
+    Either way the attention mask gains P ones in front: virtual tokens are never padding
+    (no mask, no padding: it stays None).
     """
     B = input_ids.shape[0]
-    mask = torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
+    mask = None if attention_mask is None else \
+        torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
     if prompt is None:
         return {"input_ids": input_ids, "attention_mask": mask}
     tokens = base.wte(input_ids)  # (B, T, C)

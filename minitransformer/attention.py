@@ -32,6 +32,9 @@ from torch.nn.attention.bias import causal_lower_right
 
 from .config import ModelConfig
 
+# where a prefix runs as the causal square with placeholder queries (a CPU runs the lower-right mask faster)
+SQUARE_WITH_PLACEHOLDERS_ON = {"cuda"}
+
 
 class KVCache:
     """Keys and values of every position processed so far, one (k, v) pair per layer."""
@@ -99,8 +102,16 @@ class CausalSelfAttention(nn.Module):
             dropout = self.attn_dropout.p if self.training else 0.0
             # No padding: let the fused kernel apply the causal mask itself (and skip the masked
             # blocks), aligned so the last query sees every key. Same function, no (T, S) mask.
-            if allowed is None and T == k.shape[2]:  # no prefix, no cache: the plain causal square
+            ahead = k.shape[2] - T  # keys in front of this call's queries: the prefix, the cache
+            if allowed is None and ahead == 0:  # no prefix, no cache: the plain causal square
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            elif allowed is None and ahead <= T and q.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
+                # Keys in front (a prefix): with `ahead` placeholder queries in front of the real ones
+                # this is the causal square again, for which a GPU has its fastest kernel (cuDNN on
+                # Hopper, ~1.3x the lower-right kernel with the prefix's P = 16 extra rows). The real
+                # queries' rows are unchanged; the placeholders' are dropped.
+                q = torch.cat([q.new_zeros(B, self.n_head, ahead, self.head_dim), q], dim=2)  # (B, H, P + T, D)
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)[:, :, ahead:]
             else:
                 mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)

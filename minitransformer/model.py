@@ -99,19 +99,23 @@ class MiniTransformer(nn.Module):
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T, _ = x.shape
         check_logits_to_keep(logits_to_keep, B, T)
-        if attention_mask is None:
-            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=x.device)
-        if position_ids is None:
-            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, past:] + prefix_len  # (B, T)
-        if int(position_ids.max()) >= self.config.block_size:
+        if position_ids is None and attention_mask is None:  # no padding: positions count on
+            position_ids = torch.arange(prefix_len + past, prefix_len + past + T, device=x.device)  # (T,)
+            last_position = prefix_len + past + T - 1  # known here, no need to read it off the device
+        else:
+            if position_ids is None:  # padding: count real tokens only
+                position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, past:] + prefix_len  # (B, T)
+            last_position = int(position_ids.max())
+        if last_position >= self.config.block_size:
             raise ValueError(
-                f"position {int(position_ids.max())} is past the context length block_size="
+                f"position {last_position} is past the context length block_size="
                 f"{self.config.block_size} (prompt/prefix + input = {prefix_len + past + T} positions); "
                 "shorten the input or the prompt"
             )
         x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
         # (B, 1, T, P + S); without padding None: plain causal masking, which attention applies itself
-        allowed = None if bool(attention_mask.all()) else attention_allowed(attention_mask, T, prefix_len)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        allowed = attention_allowed(attention_mask, T, prefix_len) if padded else None
 
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:

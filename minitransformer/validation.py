@@ -44,11 +44,11 @@ def check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, 
         raise ValueError(f"input_ids must be 2-D (B, T), got shape {tuple(input_ids.shape)}; add a batch dim")
     if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
-        raise ValueError(
-            f"token ids must lie in [0, vocab_size={config.vocab_size}), got min {int(input_ids.min())} "
-            f"and max {int(input_ids.max())}; was this text encoded by another tokenizer?"
-        )
+    if input_ids.numel():
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one read from a GPU, not two
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}), got min {low} and max "
+                             f"{high}; was this text encoded by another tokenizer?")
     return tuple(input_ids.shape)
 
 

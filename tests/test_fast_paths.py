@@ -16,7 +16,7 @@ from conftest import ATOL, METHOD_FACTORIES, P
 from methods import DeepPromptConfig, DeepPromptModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
 from methods.train import answer_loss
-from minitransformer import CharTokenizer, KVCache, generate
+from minitransformer import CharTokenizer, KVCache, attention, generate
 from minitransformer.attention import attention_allowed, causal_mask
 from minitransformer.data import IGNORE_INDEX, example_batch
 
@@ -41,9 +41,14 @@ def test_without_padding_the_mask_is_plain_causal():
     assert not torch.equal(allowed[1, 0], causal_mask(5, 8))
 
 
-@pytest.mark.parametrize("use_sdpa", [True, False])
+@pytest.mark.parametrize("use_sdpa, placeholders", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("prefix_len, past", [(0, 0), (3, 0), (0, 4), (3, 4)])
-def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, use_sdpa, prefix_len, past):
+def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, monkeypatch, use_sdpa, placeholders,
+                                                           prefix_len, past):
+    """Without padding attention masks causally itself: the square, the lower-right mask, and (on a
+    GPU, here forced on the CPU) the square with placeholder queries in front (keys in front <= T)."""
+    if placeholders:
+        monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
     attn = small_model.blocks[0].attn
     attn.use_sdpa = use_sdpa
     B, T, C, H, D = 2, 5, 32, 4, 8
@@ -60,6 +65,31 @@ def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, use_sdp
 
     explicit = causal_mask(T, prefix_len + past + T).expand(B, 1, T, -1)
     torch.testing.assert_close(run(None), run(explicit), rtol=0, atol=ATOL)
+
+
+def test_prefix_gradients_with_placeholder_queries(small_model, monkeypatch):
+    """The placeholder queries get no gradient path into anything real: the prefix's gradient is the same."""
+    model = PrefixTuningModel(small_model, PrefixTuningConfig(P, seed=1))
+    ids, mask, labels = batch()
+    ids = ids[:, -6:]  # keep rows unpadded: the placeholder path is the unmasked one
+
+    def prefix_grad():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
+        return model.embedding.weight.grad.clone()
+
+    plain = prefix_grad()
+    monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
+    torch.testing.assert_close(prefix_grad(), plain, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", METHOD_FACTORIES)
+def test_no_mask_means_no_padding(small_model, name):
+    """Without a mask the model reads nothing back from the device (positions simply count on):
+    the same logits as an all-ones mask, which takes the general path."""
+    model = METHOD_FACTORIES[name](small_model).eval()
+    ids = batch()[0][:, -6:]
+    torch.testing.assert_close(model(ids), model(ids, torch.ones_like(ids)), rtol=0, atol=ATOL)
 
 
 def test_base_logits_to_keep(small_model):
