@@ -56,7 +56,10 @@ def generation_table(rows: list[dict]) -> str:
 
 def main() -> None:
     sections = [("CPU: training step, toy", "cpu_train_toy.json", train_table),
+                ("CPU: training step, toy, repeated", "cpu_train_toy_repeat.json", train_table),
                 ("CPU: training step, GPT-2 small", "cpu_train_gpt2.json", train_table),
+                ("CPU: training step, GPT-2 small, the rows nearest 0.8 repeated", "cpu_train_gpt2_repeat.json",
+                 train_table),
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
                 ("GPU: prompt-training MFU (ours, bf16, compiled)", "gpu_mfu.json", mfu_table),
                 ("GPU: training step, both eager, bf16", "gpu_train_vs_peft.json", train_table),

@@ -18,7 +18,9 @@ every method in `methods/` is built from them alone:
   current positions (never the prefix, which is always visible).
 
 Position ids default to counting real tokens only (`cumsum(mask) - 1`), so left- and
-right-padded rows get the same positions; pass `position_ids` to override.
+right-padded rows get the same positions; pass `position_ids` to override. Without a
+mask nothing is padded: positions simply count on, and the forward pass never has to
+read a value back from a GPU (such a read stalls it) except to check the token ids.
 `kv_cache` keeps keys/values between calls for fast generation (see generate.py).
 """
 
