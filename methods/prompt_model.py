@@ -152,7 +152,7 @@ class PromptModel(nn.Module):
         return self.base(**hooks, kv_cache=kv_cache, logits_to_keep=logits_to_keep)
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     kv_cache: KVCache | None) -> torch.Tensor:
+                     kv_cache: KVCache | None) -> torch.Tensor | None:
         """Refuse bad input before the prompt goes in front of it; return the (B, S) mask (None: no padding).
 
         The base model checks its own input, but a prompt method turns `input_ids` into

@@ -106,7 +106,7 @@ class CausalSelfAttention(nn.Module):
             if allowed is None and ahead == 0:  # no prefix, no cache: the plain causal square
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
             elif allowed is None and ahead <= T and q.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
-                # Keys in front (a prefix): with `ahead` placeholder queries in front of the real ones
+                # Keys in front (a prefix, a cache): with `ahead` placeholder queries in front of the real ones
                 # this is the causal square again, for which a GPU has its fastest kernel (cuDNN on
                 # Hopper, ~1.3x the lower-right kernel with the prefix's P = 16 extra rows). The real
                 # queries' rows are unchanged; the placeholders' are dropped.

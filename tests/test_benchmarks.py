@@ -80,3 +80,17 @@ def test_the_loss_grades_the_target_half():
         logits = ours(ids)  # (3, 8, V): every position
         expected = torch.nn.functional.cross_entropy(logits[:, 3:7].flatten(0, 1), ids[:, 4:].flatten())
         torch.testing.assert_close(train_step.our_loss(ours, ids, 0.5), expected, rtol=0, atol=1e-6)
+
+
+def test_profile_timeline_adds_up_busy_and_idle_time():
+    """Two steps; kernels overlap (counted once as busy), a 5 µs gap, a memcpy; times in µs -> ms per step."""
+    from benchmarks.profile_step import timeline
+    events = [{"cat": "kernel", "name": "nvjet_gemm", "ts": 0, "dur": 10},
+              {"cat": "kernel", "name": "cudnn_sdpa_fprop", "ts": 5, "dur": 10},  # overlaps the first by 5
+              {"cat": "gpu_memcpy", "name": "Memcpy DtoH", "ts": 20, "dur": 2},  # after a 5 µs gap
+              {"cat": "kernel", "name": "triton_poi_fused_add", "ts": 22, "dur": 4},
+              {"cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 100}]  # host events are ignored
+    t = timeline({"traceEvents": events}, steps=2)
+    assert t["busy_ms"] == pytest.approx(21e-3 / 2) and t["gaps_ms"] == pytest.approx(5e-3 / 2)
+    assert t["kernel_ms_by_kind"] == pytest.approx({"attention": 5e-3, "fused (triton)": 2e-3, "matmul": 5e-3,
+                                                    "other": 1e-3})
