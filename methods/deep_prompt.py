@@ -42,7 +42,8 @@ from torch import nn
 
 from minitransformer import MiniTransformer
 
-from .prompt_model import PromptConfig, PromptModel, activations_of_tokens, prepend_prompt, sample_token_ids
+from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .token_init import activations_of_tokens, sample_token_ids
 
 INITS = ("SAMPLE_VOCAB", "RANDOM")
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from minitransformer import MiniTransformer, ModelConfig
 
-from .prompt_model import PromptConfig, PromptModel, activations_of_tokens, sample_token_ids
+from .prompt_model import PromptConfig, PromptModel
+from .token_init import activations_of_tokens, sample_token_ids
 
 
 @dataclass

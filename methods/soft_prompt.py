@@ -26,7 +26,8 @@ from torch import nn
 
 from minitransformer import CharTokenizer, MiniTransformer
 
-from .prompt_model import PromptConfig, PromptModel, prepend_prompt, sample_token_ids
+from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .token_init import sample_token_ids
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 

@@ -22,7 +22,7 @@ from methods import (
     save_prompt,
 )
 from methods.lora import LoRAConfig, LoRAModel
-from methods.prompt_model import activations_of_tokens
+from methods.token_init import activations_of_tokens
 from minitransformer import CharTokenizer, generate
 from minitransformer.data import example_batch
 
