@@ -93,6 +93,7 @@ def main(argv=None) -> None:
     if args.out:
         meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
                 "machine": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
