@@ -87,16 +87,31 @@ class LoRAModel(PromptModel):
             weights[f"{name}.weight"] = W + self.scaling * self.lora_B[key].T @ self.lora_A[key]
         return weights
 
+    def low_rank_factors(self, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{key: (A^T, scaling * B^T)} per target layer, (in, r) and (r, out), in the base's dtype.
+
+        Computed once per call (in generation once per generation: they are kept with the KV
+        cache, since they do not change between tokens), so each layer's hook is two products.
+        """
+        return {key: (self.lora_A[key].to(dtype).T, (self.scaling * self.lora_B[key]).to(dtype))
+                for key in self.lora_A}
+
+    def factors_for_call(self, kv_cache: KVCache | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        dtype = self.base.wte.weight.dtype  # a bf16 base: bf16 math
+        if kv_cache is None:
+            return self.low_rank_factors(dtype)
+        if "lora_factors" not in kv_cache.extras:
+            kv_cache.extras["lora_factors"] = self.low_rank_factors(dtype)
+        return kv_cache.extras["lora_factors"]
+
     @contextmanager
-    def low_rank_updates(self) -> Iterator[None]:
+    def low_rank_updates(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
         """While open, every target layer's output gains scaling * (x A^T) B^T."""
-        def add_update(key: str):
+        def add_update(A_t: torch.Tensor, scaled_B_t: torch.Tensor):
             def hook(module, args, output):
-                x = args[0]  # (B, T, in)
-                A, B = self.lora_A[key].to(x.dtype), self.lora_B[key].to(x.dtype)  # a bf16 base: bf16 math
-                return output + self.scaling * (x @ A.T) @ B  # (B, T, r) -> (B, T, out)
+                return output + (args[0] @ A_t) @ scaled_B_t  # (B, T, in) -> (B, T, r) -> (B, T, out)
             return hook
-        handles = [self.base.get_submodule(name).register_forward_hook(add_update(name.replace(".", "_")))
+        handles = [self.base.get_submodule(name).register_forward_hook(add_update(*factors[name.replace(".", "_")]))
                    for name in self.targets]
         try:
             yield
@@ -107,6 +122,6 @@ class LoRAModel(PromptModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
         attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)  # the same checks as every method
-        with self.low_rank_updates():
+        with self.low_rank_updates(self.factors_for_call(kv_cache)):
             return self.base(input_ids, attention_mask=attention_mask, kv_cache=kv_cache,
                              logits_to_keep=logits_to_keep)

@@ -159,7 +159,8 @@ class PromptModel(nn.Module):
         embeddings first, and an error there would not name the fix. The P virtual
         positions also count against the context: a row's real tokens plus P must fit.
         """
-        B, T = check_token_ids(self.base.config, input_ids)
+        # (their range is checked once, where they are embedded: by the base, or by prepend_prompt)
+        B, T = check_token_ids(self.base.config, input_ids, values=False)
         if B == 0 or T == 0:
             raise ValueError(f"empty input of shape {(B, T)}: need at least one row and one token")
         cached = not is_first_call(kv_cache)  # the base checks the cached length (P may be in it)
@@ -215,6 +216,7 @@ def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids
         torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
     if prompt is None:
         return {"input_ids": input_ids, "attention_mask": mask}
+    check_token_ids(base.config, input_ids)  # embedded here, not by the base: refuse ids it does not have
     tokens = base.wte(input_ids)  # (B, T, C)
     embeds = torch.cat([prompt.to(tokens.dtype).expand(B, -1, -1), tokens], dim=1)  # (B, P + T, C)
     return {"inputs_embeds": embeds, "attention_mask": mask}

@@ -89,7 +89,11 @@ class CausalSelfAttention(nn.Module):
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (self.split_heads(t) for t in self.c_attn(x).split(C, dim=2))  # (B, H, T, D) each
+        qkv = self.c_attn(x)  # (B, T, 3C): q, k, v side by side
+        if prefix is not None and allowed is None and kv_cache is None and self.use_sdpa \
+                and x.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
+            return self.resid_dropout(self.c_proj(self.prefix_as_causal_square(qkv, prefix)))
+        q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, T, D) each
         if kv_cache is not None:
             k, v = kv_cache.extend(self.layer_index, k, v)  # (B, H, S, D), S = past + T
         if prefix is not None:
@@ -105,13 +109,6 @@ class CausalSelfAttention(nn.Module):
             ahead = k.shape[2] - T  # keys in front of this call's queries: the prefix, the cache
             if allowed is None and ahead == 0:  # no prefix, no cache: the plain causal square
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            elif allowed is None and ahead <= T and q.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
-                # Keys in front (a prefix, a cache): with `ahead` placeholder queries in front of the real ones
-                # this is the causal square again, for which a GPU has its fastest kernel (cuDNN on
-                # Hopper, ~1.3x the lower-right kernel with the prefix's P = 16 extra rows). The real
-                # queries' rows are unchanged; the placeholders' are dropped.
-                q = torch.cat([q.new_zeros(B, self.n_head, ahead, self.head_dim), q], dim=2)  # (B, H, P + T, D)
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)[:, :, ahead:]
             else:
                 mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -125,6 +122,27 @@ class CausalSelfAttention(nn.Module):
 
         out = out.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(out))
+
+    def prefix_as_causal_square(self, qkv: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The same attention to a prefix, computed as a plain causal square (a GPU's fastest kernel).
+
+        P placeholder positions go in front of the T real ones, with the prefix as their keys
+        and values and zeros as their queries. Under the causal mask of the (P + T) square every
+        real query sees all P prefix keys and the real keys up to itself: exactly the lower-right
+        mask. The placeholders' outputs are dropped (so they pass no gradient anywhere). The
+        prefix joins q, k, v in their (B, S, 3C) layout, as one copy, so attention reads the same
+        strided views as without a prefix and its gradients come back in that layout too.
+        """
+        B, T, C3 = qkv.shape
+        prefix_k, prefix_v = (t.to(qkv.dtype).transpose(1, 2).flatten(2) for t in prefix)  # (B|1, P, C) each
+        placeholders = prefix_k.new_zeros(prefix_k.shape)  # queries whose answers nobody reads
+        front = torch.cat([placeholders, prefix_k, prefix_v], dim=2).expand(B, -1, -1)  # (B, P, 3C)
+        qkv = torch.cat([front, qkv], dim=1)  # (B, P + T, 3C)
+        q, k, v = (self.split_heads(t) for t in qkv.split(C3 // 3, dim=2))  # (B, H, P + T, D) each
+        dropout = self.attn_dropout.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # (B, H, P + T, D)
+        P = front.shape[1]
+        return out.transpose(1, 2)[:, P:].reshape(B, T, C3 // 3)  # the real queries' rows: (B, T, C)
 
 
 def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:

@@ -35,8 +35,12 @@ def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, posit
     return _check_prefix(config, prefix_kv, B)
 
 
-def check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, int]:
-    """Token ids must be a 2-D integer tensor of ids the embedding table has; return (B, T)."""
+def check_token_ids(config: ModelConfig, input_ids: torch.Tensor, values: bool = True) -> tuple[int, int]:
+    """Token ids must be a 2-D integer tensor of ids the embedding table has; return (B, T).
+
+    `values=False` checks the shape and dtype only: reading the ids' range costs a wait for a
+    GPU, so a caller that hands the ids on to whatever embeds them leaves the range to it.
+    """
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(f"input_ids must be a torch.Tensor (B, T), got {type(input_ids).__name__}; "
                          "wrap it with torch.tensor([...])")
@@ -44,7 +48,7 @@ def check_token_ids(config: ModelConfig, input_ids: torch.Tensor) -> tuple[int, 
         raise ValueError(f"input_ids must be 2-D (B, T), got shape {tuple(input_ids.shape)}; add a batch dim")
     if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-    if input_ids.numel():
+    if values and input_ids.numel():
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one read from a GPU, not two
         if low < 0 or high >= config.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}), got min {low} and max "

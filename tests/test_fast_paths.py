@@ -1,10 +1,11 @@
 """The shortcuts that make training and generation fast compute exactly what the plain paths do.
 
 - attention without padding: no mask is built, the kernel masks causally itself;
+- the token ids' range is read from the device once per call (a GPU waits for each read);
 - `logits_to_keep`: the head runs only where logits are read;
 - a deep prompt on every layer runs as the key/value prefix it amounts to;
 - LoRA adds its low-rank path to the layer outputs instead of forming W + BA;
-- in generation, a prefix (and the MLP that makes it) is computed once, not per token.
+- in generation, a prefix (and the MLP that makes it) and LoRA's factors are computed once, not per token.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import ATOL, METHOD_FACTORIES, P
 
-from methods import DeepPromptConfig, DeepPromptModel, PrefixTuningConfig, PrefixTuningModel
+from methods import DeepPromptConfig, DeepPromptModel, FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
 from methods.train import answer_loss
 from minitransformer import CharTokenizer, KVCache, attention, generate
@@ -81,6 +82,28 @@ def test_prefix_gradients_with_placeholder_queries(small_model, monkeypatch):
     plain = prefix_grad()
     monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
     torch.testing.assert_close(prefix_grad(), plain, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["prefix", "prefix_projection", "deep_prompt"])
+def test_prefix_methods_with_placeholder_queries(small_model, monkeypatch, name):
+    """Every method that hands the base a prefix gives the same logits through the placeholder square."""
+    model = METHOD_FACTORIES[name](small_model).eval()
+    ids = batch()[0][:, -6:]
+    plain = model(ids)
+    monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
+    torch.testing.assert_close(model(ids), plain, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", [*METHOD_FACTORIES, "lora", "full_finetune"])
+def test_token_ids_are_read_once_per_call(small_model, monkeypatch, name):
+    """The range check reads the ids back from the device (on a GPU, a wait): once per call, by whichever
+    embeds them (the base, or the method that puts a prompt in front), not once more by the method."""
+    extra = {"lora": lambda base: LoRAModel(base), "full_finetune": FullFineTuneModel}
+    model = {**METHOD_FACTORIES, **extra}[name](small_model)
+    reads, aminmax = [], torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda t: reads.append(t) or aminmax(t))
+    model(batch()[0])
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize("name", METHOD_FACTORIES)
@@ -157,3 +180,18 @@ def test_lora_hooks_are_removed_after_each_call(small_model):
     ids, mask, _ = batch()
     model(ids, mask)
     assert all(not m._forward_hooks for m in small_model.modules())
+
+
+def test_generation_computes_the_lora_factors_once(small_model):
+    """The cast and scaled factors do not change between tokens: made once per generation, kept with the cache."""
+    model = LoRAModel(small_model)
+    with torch.no_grad():
+        for B in model.lora_B.values():
+            B.normal_()  # a non-zero update, so the factors matter
+    calls, factors = [], model.low_rank_factors
+    model.low_rank_factors = lambda dtype: calls.append(dtype) or factors(dtype)
+    prompt = torch.tensor([CharTokenizer().encode("abc=")])
+    out = generate(model, prompt, 6)
+    assert len(calls) == 1  # one prefill + 5 decoding steps
+    assert torch.equal(generate(model, prompt, 6, use_cache=False), out)
+    assert len(calls) == 7  # without a cache: once per call
