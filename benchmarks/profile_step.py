@@ -52,6 +52,7 @@ def timeline(trace: dict, steps: int) -> dict:
 def profile_method(method: str, args) -> dict:
     B, T = args.batch
     ours, _ = twins(method, SHAPES["gpt2-small"], args.prompt_len, args.device)
+    ours.base.keep_vocab_padding = True  # as in train_step.py
     ids = torch.randint(1, SHAPES["gpt2-small"].vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
     ids = ids.to(args.device)
     full_finetune = method == "full_finetune"

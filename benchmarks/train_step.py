@@ -78,7 +78,7 @@ def make_step(model, loss_fn, ids, autocast_bf16, compile_model):
     if compile_model:
         # The whole loss, model and cross-entropy: one graph from the embeddings to the loss (the
         # input checks' one read of the token ids runs eagerly before it), so LayerNorms, GELUs and
-        # residual adds fuse across blocks, and the head's padding fuses into the loss's backward.
+        # residual adds fuse across blocks, and the loss's backward fuses with the head's.
         loss_fn = torch.compile(loss_fn)
     autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
     model.train()
@@ -106,6 +106,7 @@ def bench_method(method, shape, args) -> dict:
     B, T = args.batch or DEFAULT_BATCH[(args.device.split(":")[0], shape.name)]
     P, device = args.prompt_len, args.device
     ours, theirs = twins(method, shape, P, device)
+    ours.base.keep_vocab_padding = True  # our loss takes logits of the head's padded width (a GPU pads: model.head)
     ids = torch.randint(1, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(0)).to(device)
     graded = num_targets(T, args.target_fraction)  # per row
     ours_loss = functools.partial(our_loss, target_fraction=args.target_fraction)

@@ -38,6 +38,7 @@ from .config import ModelConfig
 from .validation import check_forward_inputs, check_logits_to_keep
 
 PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
+PAD_VOCAB_ON = {"cuda"}  # where the head pads the vocabulary to a multiple of 64 (a CPU gains nothing)
 
 
 class MiniTransformer(nn.Module):
@@ -49,6 +50,7 @@ class MiniTransformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.keep_vocab_padding = False  # True: on a GPU, logits of the padded width, the extra ones -inf (head())
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch's output projection gets std 0.02/sqrt(2L),
         # so the residual stream's variance does not grow with depth.
@@ -132,11 +134,22 @@ class MiniTransformer(nn.Module):
         return self.head(self.ln_f(x))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Next-token logits, (..., C) -> (..., V): the tied head x E^T."""
+        """Next-token logits, (..., C) -> (..., V): the tied head x E^T.
+
+        GPU matrix units want sizes in multiples of 64; with an odd V (GPT-2's 50257) cuBLAS
+        falls back to a kernel ~3x slower. So on a GPU E gets zero rows up to a multiple of 64
+        and their logits are dropped. Dropping them costs a copy in the backward (the gradient
+        widened back to the padded width). A training loss that can take the padded width sets
+        `keep_vocab_padding`: the extra logits then stay, at -inf. They are no token: softmax
+        gives them probability 0 and gradient 0, so the loss and every gradient are the same
+        (and a GPT-2-small prompt-training step on an H100 ~7% shorter).
+        """
         E = self.wte.weight  # (V, C)
         pad = -E.shape[0] % 64
-        if x.is_cuda and pad:
-            # GPU matrix units want sizes in multiples of 64; with an odd V (GPT-2's 50257)
-            # cuBLAS falls back to a kernel ~3x slower. Pad E with zero rows, drop their logits.
-            return F.linear(x, F.pad(E, (0, 0, 0, pad)))[..., :E.shape[0]]
-        return F.linear(x, E)
+        if not pad or x.device.type not in PAD_VOCAB_ON:
+            return F.linear(x, E)
+        padded = F.pad(E, (0, 0, 0, pad))  # (V + pad, C)
+        if self.keep_vocab_padding:
+            minus_inf = F.pad(E.new_zeros(E.shape[0]), (0, pad), value=float("-inf"))  # (V + pad,): 0s, then -inf
+            return F.linear(x, padded, minus_inf)  # (..., V + pad)
+        return F.linear(x, padded)[..., :E.shape[0]]  # (..., V)

@@ -3,6 +3,7 @@
 - attention without padding: no mask is built, the kernel masks causally itself;
 - the token ids' range is read from the device once per call (a GPU waits for each read);
 - `logits_to_keep`: the head runs only where logits are read;
+- a GPU's head padded to 64 columns: the padding dropped, or kept at -inf (same loss and gradients);
 - a deep prompt on every layer runs as the key/value prefix it amounts to;
 - LoRA adds its low-rank path to the layer outputs instead of forming W + BA;
 - in generation, a prefix (and the MLP that makes it) and LoRA's factors are computed once, not per token.
@@ -18,6 +19,7 @@ from methods import DeepPromptConfig, DeepPromptModel, FullFineTuneModel, Prefix
 from methods.lora import LoRAModel
 from methods.train import answer_loss
 from minitransformer import CharTokenizer, KVCache, attention, generate
+from minitransformer import model as model_module
 from minitransformer.attention import attention_allowed, causal_mask
 from minitransformer.data import IGNORE_INDEX, example_batch
 
@@ -121,6 +123,30 @@ def test_base_logits_to_keep(small_model):
     torch.testing.assert_close(small_model(ids, attention_mask=mask, logits_to_keep=2), full[:, -2:], rtol=0, atol=0)
     keep = labels != IGNORE_INDEX
     torch.testing.assert_close(small_model(ids, attention_mask=mask, logits_to_keep=keep), full[keep], rtol=0, atol=0)
+
+
+def test_padded_head_gives_the_same_loss_and_gradients(small_model, monkeypatch):
+    """The head's padding to a multiple of 64 (on a GPU; forced here): dropped, the logits are the
+    unpadded ones; kept, the extra 23 columns are -inf, and the loss and the prompt's gradient are the same."""
+    model = METHOD_FACTORIES["soft_prompt"](small_model)
+    ids = batch()[0]
+
+    def loss_and_grad():
+        model.zero_grad()
+        logits = model(ids)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
+        return logits.detach(), model.prompt.grad.clone()
+
+    plain_logits, plain_grad = loss_and_grad()
+    monkeypatch.setattr(model_module, "PAD_VOCAB_ON", {"cpu"})
+    dropped_logits, dropped_grad = loss_and_grad()
+    assert dropped_logits.shape[-1] == 41
+    small_model.keep_vocab_padding = True
+    kept_logits, kept_grad = loss_and_grad()
+    assert kept_logits.shape[-1] == 64 and bool((kept_logits[..., 41:] == float("-inf")).all())
+    for logits, grad in [(dropped_logits, dropped_grad), (kept_logits[..., :41], kept_grad)]:
+        torch.testing.assert_close(logits, plain_logits, rtol=0, atol=ATOL)
+        torch.testing.assert_close(grad, plain_grad, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("bad", [0, 99, True, torch.ones(4, 3, dtype=torch.bool), torch.ones(4, 9)])
