@@ -211,12 +211,13 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
     computes the input's gradient, another 2, so prompt training costs 4x parameters per
     position (full fine-tuning adds the weight gradients: 6x). The blocks run on P + T
     positions when the prompt is made of positions, on T otherwise; the head runs on the
-    `graded` positions of each row, where the loss is taken. Attention, per layer and
-    query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice that backward;
-    causal masking hides half the keys, and we count only the visible ones (`causal=False`
-    counts every key, the convention of PaLM's MFU, Megatron and nanoGPT). With a prefix,
-    layer 0's queries and its input's gradient are not needed, and are not counted.
-    tests/test_benchmarks.py checks this count against PyTorch's FLOP counter.
+    `graded` positions of each row, where the loss is taken, and so do the last block's
+    output projection and MLP (9 C^2 of its 12 C^2: `model.positions_read`). Attention,
+    per layer and query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice
+    that backward; causal masking hides half the keys, and we count only the visible ones
+    (`causal=False` counts every key, the convention of PaLM's MFU, Megatron and nanoGPT).
+    With a prefix, layer 0's queries and its input's gradient are not needed, and are not
+    counted. tests/test_benchmarks.py checks this count against PyTorch's FLOP counter.
     """
     C, L, V = shape.d_model, shape.n_layer, shape.vocab_size
     queries = P + T if prepends_positions(method) else T
@@ -225,7 +226,8 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
         visible = sum(keys_before + i + 1 for i in range(queries))  # query i sees the keys up to itself
     else:
         visible = queries * (keys_before + queries)
-    forward_matmul = 2 * (12 * L * C * C * queries + V * C * graded) * B
+    block_matmuls = 12 * C * C * queries * (L - 1) + 3 * C * C * queries + 9 * C * C * graded  # last: see above
+    forward_matmul = 2 * (block_matmuls + V * C * graded) * B
     attention = 4 * C * L * visible * B
     weight_grads = forward_matmul if method == "full_finetune" else 0
     total = 2 * forward_matmul + weight_grads + 3 * attention

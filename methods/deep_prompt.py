@@ -42,6 +42,7 @@ from torch import nn
 
 from minitransformer import MiniTransformer
 
+from .prefix_tuning import split_prefix
 from .prompt_model import PromptConfig, PromptModel, prepend_prompt
 from .token_init import activations_of_tokens, sample_token_ids
 
@@ -90,12 +91,15 @@ class DeepPromptModel(PromptModel):
         self.prompt_in_cache = not self.computed_as_prefix  # a prefix goes in on every call
 
     def prompt_state(self) -> torch.Tensor:
+        if self.computed_as_prefix:  # made once per call, or once per generation (state_for_call)
+            return self.prefix_vectors()  # (1, P, L * 2 * C)
         return self.prompts[None]  # (1, L', P, C)
 
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         P = self.config.num_virtual_tokens
         if self.computed_as_prefix:
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_kv": self.prefix_from(state)}
+            return {"input_ids": input_ids, "attention_mask": attention_mask,
+                    "prefix_kv": split_prefix(state, self.base.config)}
         if not first_call:  # the cache holds the prompt positions of every layer
             return prepend_prompt(self.base, None, input_ids, attention_mask, P)
         hooks = prepend_prompt(self.base, state[:, 0], input_ids, attention_mask, P)  # (B|1, P, C) at layer 0
@@ -104,13 +108,14 @@ class DeepPromptModel(PromptModel):
             + [None] * (self.base.config.n_layer - layers)  # layer 0 was prepended above
         return hooks
 
-    def prefix_from(self, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The keys and values each layer makes from its prompt: L pairs of (B|1, H, P, D)."""
-        P = state.shape[2]
-        prefix = []
+    def prefix_vectors(self) -> torch.Tensor:
+        """The keys and values each layer makes from its prompt, as one (1, P, L * 2 * C) tensor
+        laid out as prefix tuning's (layer, k/v, head, dim): split_prefix gives the L pairs."""
+        P, C = self.config.num_virtual_tokens, self.base.config.d_model
+        keys_values = []
         for l, block in enumerate(self.base.blocks):
-            hidden = state[:, l].to(self.base.wpe.weight.dtype)  # (B|1, P, C): what enters block l there
+            hidden = self.prompts[l].to(self.base.wpe.weight.dtype)  # (P, C): what enters block l there
             if l == 0:  # the input layer's prompt is an embedding: the model adds positions 0..P-1
                 hidden = hidden + self.base.wpe.weight[:P]
-            prefix.append(block.attn.keys_values(block.ln_1(hidden)))
-        return prefix
+            keys_values.append(block.attn.c_attn(block.ln_1(hidden))[:, C:])  # (P, 2C): keys, then values
+        return torch.cat(keys_values, dim=1)[None]  # (1, P, L * 2 * C)

@@ -87,12 +87,24 @@ class CausalSelfAttention(nn.Module):
         allowed: torch.Tensor | None,  # (B, 1, T, P + S) bool: may query i see key j? None: plain causal
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, H, P, D) each
         kv_cache: KVCache | None = None,
+        keep_last: int | None = None,  # n: only the last n positions' outputs are read
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        """(B, T, C) -> (B, T, C), or (B, n, C) with `keep_last=n`: then the output projection
+        runs on those n positions only (the model's last block, when logits are read there alone)."""
         qkv = self.c_attn(x)  # (B, T, 3C): q, k, v side by side
         if prefix is not None and allowed is None and kv_cache is None and self.use_sdpa \
                 and x.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
-            return self.resid_dropout(self.c_proj(self.prefix_as_causal_square(qkv, prefix)))
+            out = self.prefix_as_causal_square(qkv, prefix)  # (B, T, C)
+        else:
+            out = self.attend(qkv, allowed, prefix, kv_cache)  # (B, T, C)
+        if keep_last is not None:
+            out = out[:, -keep_last:]  # (B, n, C)
+        return self.resid_dropout(self.c_proj(out))
+
+    def attend(self, qkv: torch.Tensor, allowed: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor] | None,
+               kv_cache: KVCache | None) -> torch.Tensor:
+        """Every head's softmax(q k^T / sqrt(D)) v, the heads side by side: (B, T, 3C) -> (B, T, C)."""
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, T, D) each
         if kv_cache is not None:
             k, v = kv_cache.extend(self.layer_index, k, v)  # (B, H, S, D), S = past + T
@@ -119,9 +131,7 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(~allowed, float("-inf"))
             weights = self.attn_dropout(F.softmax(scores, dim=-1))
             out = weights @ v  # (B, H, T, D)
-
-        out = out.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
-        return self.resid_dropout(self.c_proj(out))
+        return out.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
 
     def prefix_as_causal_square(self, qkv: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The same attention to a prefix, computed as a plain causal square (a GPU's fastest kernel).

@@ -93,7 +93,9 @@ class MiniTransformer(nn.Module):
         124M parameters), so it is worth running only where logits are read:
         `logits_to_keep=n` gives (B, n, V) for the last n positions (generation needs n=1),
         a (B, T) bool mask gives (N, V) for its N True positions, row by row (training
-        needs only the positions that carry a loss).
+        needs only the positions that carry a loss). The same goes for the last block's
+        output projection and MLP (9 C^2 of its 12 C^2 weights), so those run only at the
+        positions from the first one read to the end (`positions_read`).
         """
         past = len(kv_cache) if kv_cache is not None else 0
         prefix_len = check_forward_inputs(
@@ -121,16 +123,19 @@ class MiniTransformer(nn.Module):
         padded = attention_mask is not None and not bool(attention_mask.all())
         allowed = attention_allowed(attention_mask, T, prefix_len) if padded else None
 
+        # The last block's output is read only where logits are: its output projection and MLP
+        # run at the last n positions, from the first one read (all T still attend).
+        n = positions_read(logits_to_keep, T)
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:
                 prompt = hidden_prompts[layer]  # (B|1, P, C)
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
             prefix = prefix_kv[layer] if prefix_kv is not None else None
-            x = block(x, allowed, prefix, kv_cache)
-        if isinstance(logits_to_keep, int):
-            x = x[:, -logits_to_keep:]  # (B, n, C)
-        elif logits_to_keep is not None:
-            x = x[logits_to_keep]  # (N, C)
+            last = layer == len(self.blocks) - 1
+            x = block(x, allowed, prefix, kv_cache, keep_last=n if last and n < T else None)
+        x = x[:, -n:]  # (B, n, C)
+        if isinstance(logits_to_keep, torch.Tensor):
+            x = x[logits_to_keep[:, -n:]]  # (N, C)
         return self.head(self.ln_f(x))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,3 +158,14 @@ class MiniTransformer(nn.Module):
             minus_inf = F.pad(E.new_zeros(E.shape[0]), (0, pad), value=float("-inf"))  # (V + pad,): 0s, then -inf
             return F.linear(x, padded, minus_inf)  # (..., V + pad)
         return F.linear(x, padded)[..., :E.shape[0]]  # (..., V)
+
+
+def positions_read(logits_to_keep: int | torch.Tensor | None, T: int) -> int:
+    """How many of the last positions have their logits read: T (None), n (an int), or from the
+    first position any row of a (B, T) bool mask keeps to the end (a read of the mask)."""
+    if logits_to_keep is None:
+        return T
+    if isinstance(logits_to_keep, int):
+        return logits_to_keep
+    read = logits_to_keep.any(dim=0).nonzero()  # (k, 1) columns with some logit read
+    return T - int(read[0, 0]) if len(read) else 1
