@@ -62,8 +62,8 @@ def main() -> None:
                  train_table),
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
                 ("GPU: prompt-training MFU (ours, bf16, compiled)", "gpu_mfu.json", mfu_table),
-                ("GPU: prompt-training MFU, the six prompt methods repeated on another start of the machine", "gpu_mfu_repeat.json",
-                 mfu_table),
+                ("GPU: prompt-training MFU, the six prompt methods repeated on another start of the machine",
+                 "gpu_mfu_repeat.json", mfu_table),
                 ("GPU: training step, both eager, bf16", "gpu_train_vs_peft.json", train_table),
                 ("GPU: cached greedy generation, bf16", "gpu_generation.json", generation_table)]
     for title, name, table in sections:

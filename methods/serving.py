@@ -113,7 +113,14 @@ class PromptRegistry:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (B, T) tensor of token ids")
         models = self.models_for(names, input_ids.shape[0])
-        state = self.stacked_state(names, models) if models[0].needs_state(is_first_call(kv_cache)) else None
+        state = None
+        if models[0].needs_state(is_first_call(kv_cache)):
+            if kv_cache is None:
+                state = self.stacked_state(names, models)
+            else:  # as PromptModel.state_for_call: a prefix goes in on every step, made once per generation
+                if is_first_call(kv_cache) or "stacked_state" not in kv_cache.extras:
+                    kv_cache.extras["stacked_state"] = self.stacked_state(names, models)
+                state = kv_cache.extras["stacked_state"]
         return models[0].forward_with(state, input_ids, attention_mask, kv_cache, logits_to_keep)
 
     def bind(self, names: Sequence[str]) -> BoundPrompts:

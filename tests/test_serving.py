@@ -92,6 +92,18 @@ def test_mixed_batch_generates_like_each_row_alone(method, small_model):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_mixed_batch_generation_makes_the_prompt_states_once(method, small_model, monkeypatch):
+    registry = registry_of(small_model, method)
+    calls = []
+    for model in registry.models.values():
+        make_state = model.prompt_state
+        monkeypatch.setattr(model, "prompt_state", lambda make_state=make_state: calls.append(1) or make_state())
+    ids, mask = pad(ROWS, [max(map(len, ROWS)) - len(r) for r in ROWS])
+    registry.generate(NAMES, ids, 6, attention_mask=mask)
+    assert len(calls) == 3  # one per task of the batch, on the first call; the 5 decoding steps reuse them
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_a_rows_logits_do_not_depend_on_its_padding(method, small_model):
     registry = registry_of(small_model, method, n_tasks=2)
     row = [7, 3, 12, 19]
