@@ -33,7 +33,7 @@ from torch import nn
 
 from minitransformer import KVCache, MiniTransformer
 
-from .prompt_model import PromptModel
+from .prompt_model import PromptModel, kept_with_cache
 
 
 @dataclass
@@ -98,11 +98,7 @@ class LoRAModel(PromptModel):
 
     def factors_for_call(self, kv_cache: KVCache | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         dtype = self.base.wte.weight.dtype  # a bf16 base: bf16 math
-        if kv_cache is None:
-            return self.low_rank_factors(dtype)
-        if "lora_factors" not in kv_cache.extras:
-            kv_cache.extras["lora_factors"] = self.low_rank_factors(dtype)
-        return kv_cache.extras["lora_factors"]
+        return kept_with_cache(kv_cache, "lora_factors", lambda: self.low_rank_factors(dtype))
 
     @contextmanager
     def low_rank_updates(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:

@@ -109,11 +109,7 @@ class PromptModel(nn.Module):
         """
         if not self.needs_state(is_first_call(kv_cache)):
             return None
-        if kv_cache is None:
-            return self.prompt_state()
-        if is_first_call(kv_cache) or "prompt_state" not in kv_cache.extras:
-            kv_cache.extras["prompt_state"] = self.prompt_state()
-        return kv_cache.extras["prompt_state"]
+        return kept_with_cache(kv_cache, "prompt_state", self.prompt_state)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -200,6 +196,16 @@ class PromptModel(nn.Module):
 def is_first_call(kv_cache: KVCache | None) -> bool:
     """No cache, or an empty one: this call sees the whole input (and must be given the prompt)."""
     return kv_cache is None or len(kv_cache) == 0
+
+
+def kept_with_cache(kv_cache: KVCache | None, key: str, make):
+    """`make()`, made once per generation: on the first call, then kept in the cache's extras
+    under `key` for the decoding steps (no cache: made on every call)."""
+    if kv_cache is None:
+        return make()
+    if is_first_call(kv_cache) or key not in kv_cache.extras:
+        kv_cache.extras[key] = make()
+    return kv_cache.extras[key]
 
 
 def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,

@@ -30,7 +30,7 @@ from minitransformer import CharTokenizer, KVCache, MiniTransformer, generate
 from minitransformer.evaluate import predict
 
 from .prompt_io import load_prompt
-from .prompt_model import PromptModel, is_first_call
+from .prompt_model import PromptModel, is_first_call, kept_with_cache
 
 
 class PromptRegistry:
@@ -114,13 +114,8 @@ class PromptRegistry:
             raise ValueError("input_ids must be a (B, T) tensor of token ids")
         models = self.models_for(names, input_ids.shape[0])
         state = None
-        if models[0].needs_state(is_first_call(kv_cache)):
-            if kv_cache is None:
-                state = self.stacked_state(names, models)
-            else:  # as PromptModel.state_for_call: a prefix goes in on every step, made once per generation
-                if is_first_call(kv_cache) or "stacked_state" not in kv_cache.extras:
-                    kv_cache.extras["stacked_state"] = self.stacked_state(names, models)
-                state = kv_cache.extras["stacked_state"]
+        if models[0].needs_state(is_first_call(kv_cache)):  # a prefix goes in on every step: made once
+            state = kept_with_cache(kv_cache, "stacked_state", lambda: self.stacked_state(names, models))
         return models[0].forward_with(state, input_ids, attention_mask, kv_cache, logits_to_keep)
 
     def bind(self, names: Sequence[str]) -> BoundPrompts:
