@@ -32,9 +32,6 @@ from torch.nn.attention.bias import causal_lower_right
 
 from .config import ModelConfig
 
-# where a prefix runs as the causal square with placeholder queries (a CPU runs the lower-right mask faster)
-SQUARE_WITH_PLACEHOLDERS_ON = {"cuda"}
-
 
 class KVCache:
     """Keys and values of every position processed so far, one (k, v) pair per layer."""
@@ -88,13 +85,13 @@ class CausalSelfAttention(nn.Module):
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, H, P, D) each
         kv_cache: KVCache | None = None,
         keep_last: int | None = None,  # n: only the last n positions' outputs are read
+        prefix_rows: bool = False,  # x's first P rows are placeholders for the prefix (see prefix_in_rows)
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C), or (B, n, C) with `keep_last=n`: then the output projection
         runs on those n positions only (the model's last block, when logits are read there alone)."""
         qkv = self.c_attn(x)  # (B, T, 3C): q, k, v side by side
-        if prefix is not None and allowed is None and kv_cache is None and self.use_sdpa \
-                and x.device.type in SQUARE_WITH_PLACEHOLDERS_ON:
-            out = self.prefix_as_causal_square(qkv, prefix)  # (B, T, C)
+        if prefix_rows:
+            out = self.prefix_in_rows(qkv, prefix)  # (B, T, C), the first P rows placeholders still
         else:
             out = self.attend(qkv, allowed, prefix, kv_cache)  # (B, T, C)
         if keep_last is not None:
@@ -133,26 +130,28 @@ class CausalSelfAttention(nn.Module):
             out = weights @ v  # (B, H, T, D)
         return out.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
 
-    def prefix_as_causal_square(self, qkv: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def prefix_in_rows(self, qkv: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The same attention to a prefix, computed as a plain causal square (a GPU's fastest kernel).
 
-        P placeholder positions go in front of the T real ones, with the prefix as their keys
-        and values and zeros as their queries. Under the causal mask of the (P + T) square every
-        real query sees all P prefix keys and the real keys up to itself: exactly the lower-right
-        mask. The placeholders' outputs are dropped (so they pass no gradient anywhere). The
-        prefix joins q, k, v in their (B, S, 3C) layout, as one copy, so attention reads the same
-        strided views as without a prefix and its gradients come back in that layout too.
+        The model has put P placeholder rows in front of the T real ones (`MiniTransformer.forward`).
+        Here their keys and values are overwritten with the prefix, in place: under the causal
+        mask of the (P + T) square every real query then sees all P prefix keys and the real keys
+        up to itself, which is exactly the lower-right mask of `attend`. The placeholders' own
+        queries and outputs are junk that only placeholder rows ever read (and their keys and
+        values are overwritten again in the next layer), so nothing real depends on them, and the
+        model drops them at the end. Writing P rows costs nothing next to joining the prefix to
+        every layer's keys and values, which copies the whole (B, P + T, 3C) tensor and its gradient.
+        (The rows are written through an index, not a slice: `torch.compile` then writes them in
+        place, where for a slice it makes a new copy of the whole tensor.)
         """
-        B, T, C3 = qkv.shape
+        B, S, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         prefix_k, prefix_v = (t.to(qkv.dtype).transpose(1, 2).flatten(2) for t in prefix)  # (B|1, P, C) each
-        placeholders = prefix_k.new_zeros(prefix_k.shape)  # queries whose answers nobody reads
-        front = torch.cat([placeholders, prefix_k, prefix_v], dim=2).expand(B, -1, -1)  # (B, P, 3C)
-        qkv = torch.cat([front, qkv], dim=1)  # (B, P + T, 3C)
-        q, k, v = (self.split_heads(t) for t in qkv.split(C3 // 3, dim=2))  # (B, H, P + T, D) each
+        rows = torch.arange(prefix_k.shape[1], device=qkv.device)  # the P placeholder rows
+        qkv[:, rows] = torch.cat([torch.zeros_like(prefix_k), prefix_k, prefix_v], dim=2)  # (B|1, P, 3C): q = 0
+        q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, P + T, D) each
         dropout = self.attn_dropout.p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # (B, H, P + T, D)
-        P = front.shape[1]
-        return out.transpose(1, 2)[:, P:].reshape(B, T, C3 // 3)  # the real queries' rows: (B, T, C)
+        return out.transpose(1, 2).reshape(B, S, C)  # (B, P + T, C)
 
 
 def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:

@@ -45,11 +45,12 @@ class Block(nn.Module):
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
         keep_last: int | None = None,
+        prefix_rows: bool = False,  # x's first P rows are placeholders for the prefix (attention.prefix_in_rows)
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with `keep_last=n` the output at the last n positions only, (B, n, C):
         every position still attends (and gives keys and values), but only those n are projected
         and go through the MLP (the model's last block, when only their logits are read)."""
-        attended = self.attn(self.ln_1(x), allowed, prefix, kv_cache, keep_last=keep_last)  # (B, T or n, C)
+        attended = self.attn(self.ln_1(x), allowed, prefix, kv_cache, keep_last, prefix_rows)  # (B, T or n, C)
         x = x[:, -attended.shape[1]:] + attended
         x = x + self.mlp(self.ln_2(x))
         return x

@@ -39,6 +39,7 @@ from .validation import check_forward_inputs, check_logits_to_keep
 
 PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
 PAD_VOCAB_ON = {"cuda"}  # where the head pads the vocabulary to a multiple of 64 (a CPU gains nothing)
+PREFIX_ROWS_ON = {"cuda"}  # where a prefix gets placeholder rows (a CPU runs the lower-right mask faster)
 
 
 class MiniTransformer(nn.Module):
@@ -123,6 +124,13 @@ class MiniTransformer(nn.Module):
         padded = attention_mask is not None and not bool(attention_mask.all())
         allowed = attention_allowed(attention_mask, T, prefix_len) if padded else None
 
+        # A GPU attends fastest in the plain causal square. With a prefix and nothing else in
+        # front, P placeholder rows ride in front of the stream, and each layer overwrites their
+        # keys/values with its prefix (attention.prefix_in_rows): the same attention.
+        prefix_rows = prefix_len > 0 and allowed is None and kv_cache is None and hidden_prompts is None \
+            and self.blocks[0].attn.use_sdpa and x.device.type in PREFIX_ROWS_ON
+        if prefix_rows:
+            x = torch.cat([x.new_zeros(B, prefix_len, x.shape[2]), x], dim=1)  # (B, P + T, C)
         # The last block's output is read only where logits are: its output projection and MLP
         # run at the last n positions, from the first one read (all T still attend).
         n = positions_read(logits_to_keep, T)
@@ -132,7 +140,7 @@ class MiniTransformer(nn.Module):
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
             prefix = prefix_kv[layer] if prefix_kv is not None else None
             last = layer == len(self.blocks) - 1
-            x = block(x, allowed, prefix, kv_cache, keep_last=n if last and n < T else None)
+            x = block(x, allowed, prefix, kv_cache, n if last and n < x.shape[1] else None, prefix_rows)
         x = x[:, -n:]  # (B, n, C)
         if isinstance(logits_to_keep, torch.Tensor):
             x = x[logits_to_keep[:, -n:]]  # (N, C)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import ATOL, METHOD_FACTORIES, P
@@ -18,7 +20,7 @@ from conftest import ATOL, METHOD_FACTORIES, P
 from methods import DeepPromptConfig, DeepPromptModel, FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
 from methods.train import answer_loss
-from minitransformer import CharTokenizer, KVCache, attention, generate
+from minitransformer import CharTokenizer, KVCache, MiniTransformer, generate
 from minitransformer import model as model_module
 from minitransformer.attention import attention_allowed, causal_mask
 from minitransformer.data import IGNORE_INDEX, example_batch
@@ -44,14 +46,10 @@ def test_without_padding_the_mask_is_plain_causal():
     assert not torch.equal(allowed[1, 0], causal_mask(5, 8))
 
 
-@pytest.mark.parametrize("use_sdpa, placeholders", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("use_sdpa", [True, False])
 @pytest.mark.parametrize("prefix_len, past", [(0, 0), (3, 0), (0, 4), (3, 4)])
-def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, monkeypatch, use_sdpa, placeholders,
-                                                           prefix_len, past):
-    """Without padding attention masks causally itself: the square, the lower-right mask, and (on a
-    GPU, here forced on the CPU) the square with placeholder queries in front (keys in front <= T)."""
-    if placeholders:
-        monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
+def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, use_sdpa, prefix_len, past):
+    """Without padding attention masks causally itself: the square, or the lower-right mask."""
     attn = small_model.blocks[0].attn
     attn.use_sdpa = use_sdpa
     B, T, C, H, D = 2, 5, 32, 4, 8
@@ -70,8 +68,23 @@ def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, monkeyp
     torch.testing.assert_close(run(None), run(explicit), rtol=0, atol=ATOL)
 
 
-def test_prefix_gradients_with_placeholder_queries(small_model, monkeypatch):
-    """The placeholder queries get no gradient path into anything real: the prefix's gradient is the same."""
+@pytest.mark.parametrize("batched_prefix", [True, False])
+def test_prefix_in_placeholder_rows_equals_the_lower_right_mask(small_model, batched_prefix):
+    """A GPU's route for a prefix: P placeholder rows in front, their keys/values overwritten by the
+    prefix, the plain causal square. The real rows' outputs equal the lower-right-masked attention's,
+    whatever the placeholder rows hold."""
+    attn = small_model.blocks[0].attn
+    B, T, C, H, D, prefix_len = 2, 5, 32, 4, 8, 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, C, generator=g)
+    prefix = tuple(torch.randn(B if batched_prefix else 1, H, prefix_len, D, generator=g) for _ in range(2))
+    junk = torch.randn(B, prefix_len, C, generator=g)
+    out = attn(torch.cat([junk, x], dim=1), None, prefix, prefix_rows=True)  # (B, P + T, C)
+    torch.testing.assert_close(out[:, prefix_len:], attn(x, None, prefix), rtol=0, atol=ATOL)
+
+
+def test_prefix_gradients_with_placeholder_rows(small_model, monkeypatch):
+    """The placeholder rows get no gradient path into anything real: the prefix's gradient is the same."""
     model = PrefixTuningModel(small_model, PrefixTuningConfig(P, seed=1))
     ids, mask, labels = batch()
     ids = ids[:, -6:]  # keep rows unpadded: the placeholder path is the unmasked one
@@ -82,18 +95,24 @@ def test_prefix_gradients_with_placeholder_queries(small_model, monkeypatch):
         return model.embedding.weight.grad.clone()
 
     plain = prefix_grad()
-    monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
+    monkeypatch.setattr(model_module, "PREFIX_ROWS_ON", {"cpu"})
     torch.testing.assert_close(prefix_grad(), plain, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", ["prefix", "prefix_projection", "deep_prompt"])
-def test_prefix_methods_with_placeholder_queries(small_model, monkeypatch, name):
-    """Every method that hands the base a prefix gives the same logits through the placeholder square."""
+@pytest.mark.parametrize("logits_to_keep", [None, 2])
+def test_prefix_methods_with_placeholder_rows(small_model, monkeypatch, name, logits_to_keep):
+    """Every method that hands the base a prefix gives the same logits through the placeholder rows,
+    and the placeholder rows reach attention (the model really took that route)."""
     model = METHOD_FACTORIES[name](small_model).eval()
     ids = batch()[0][:, -6:]
-    plain = model(ids)
-    monkeypatch.setattr(attention, "SQUARE_WITH_PLACEHOLDERS_ON", {"cpu"})
-    torch.testing.assert_close(model(ids), plain, rtol=0, atol=ATOL)
+    plain = model(ids, logits_to_keep=logits_to_keep)
+    monkeypatch.setattr(model_module, "PREFIX_ROWS_ON", {"cpu"})
+    seen = []
+    hook = small_model.blocks[0].attn.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    torch.testing.assert_close(model(ids, logits_to_keep=logits_to_keep), plain, rtol=0, atol=ATOL)
+    hook.remove()
+    assert seen == [P + ids.shape[1]]
 
 
 @pytest.mark.parametrize("name", [*METHOD_FACTORIES, "lora", "full_finetune"])
@@ -199,8 +218,14 @@ def test_method_logits_to_keep_selects_real_tokens(small_model, name):
     torch.testing.assert_close(model(ids, mask, logits_to_keep=1), full[:, -1:], rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, padded):
+@pytest.mark.parametrize("padded, bias", [(False, True), (True, True), (True, False)])
+def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, small_config, padded, bias):
+    """All layers' keys and values made at once (stacked weights) act as each layer's prompt would."""
+    if not bias:  # a base without biases: prefix_vectors must skip them too
+        small_model = MiniTransformer(dataclasses.replace(small_config, bias=False)).eval()
+        with torch.no_grad():
+            for p in small_model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
     literal = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3, as_prefix=False))
     fast = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3))
     assert fast.computed_as_prefix and not literal.computed_as_prefix
