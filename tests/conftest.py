@@ -47,8 +47,12 @@ def small_config() -> ModelConfig:
 @pytest.fixture
 def small_model(small_config) -> MiniTransformer:
     torch.manual_seed(0)
-    model = MiniTransformer(small_config).eval()
-    with torch.no_grad():  # larger-than-init weights make attention patterns sharp, so bugs show
+    return sharpened(MiniTransformer(small_config).eval())
+
+
+def sharpened(model: MiniTransformer) -> MiniTransformer:
+    """Larger-than-init weights make attention patterns sharp, so bugs show."""
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model

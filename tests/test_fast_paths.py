@@ -15,7 +15,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import ATOL, METHOD_FACTORIES, P
+from conftest import ATOL, METHOD_FACTORIES, P, sharpened
 
 from methods import DeepPromptConfig, DeepPromptModel, FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
@@ -222,10 +222,7 @@ def test_method_logits_to_keep_selects_real_tokens(small_model, name):
 def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, small_config, padded, bias):
     """All layers' keys and values made at once (stacked weights) act as each layer's prompt would."""
     if not bias:  # a base without biases: prefix_vectors must skip them too
-        small_model = MiniTransformer(dataclasses.replace(small_config, bias=False)).eval()
-        with torch.no_grad():
-            for p in small_model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
+        small_model = sharpened(MiniTransformer(dataclasses.replace(small_config, bias=False)).eval())
     literal = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3, as_prefix=False))
     fast = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3))
     assert fast.computed_as_prefix and not literal.computed_as_prefix
