@@ -28,9 +28,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from .config import ModelConfig
+
+# Where the model's last block attends from the queries whose output is read only (`keep_last`):
+# a CPU does less work; a GPU's fused kernels are fastest on the whole causal square.
+QUERIES_CUT_ON = {"cpu"}
 
 
 class KVCache:
@@ -93,15 +96,19 @@ class CausalSelfAttention(nn.Module):
         if prefix_rows:
             out = self.prefix_in_rows(qkv, prefix)  # (B, T, C), the first P rows placeholders still
         else:
-            out = self.attend(qkv, allowed, prefix, kv_cache)  # (B, T, C)
+            # Only the last n queries are read: a CPU attends from those alone (QUERIES_CUT_ON).
+            cut = keep_last is not None and x.device.type in QUERIES_CUT_ON
+            out = self.attend(qkv, allowed, prefix, kv_cache, keep_last if cut else None)  # (B, T or n, C)
         if keep_last is not None:
             out = out[:, -keep_last:]  # (B, n, C)
         return self.resid_dropout(self.c_proj(out))
 
     def attend(self, qkv: torch.Tensor, allowed: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor] | None,
-               kv_cache: KVCache | None) -> torch.Tensor:
-        """Every head's softmax(q k^T / sqrt(D)) v, the heads side by side: (B, T, 3C) -> (B, T, C)."""
-        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+               kv_cache: KVCache | None, last_queries: int | None = None) -> torch.Tensor:
+        """Every head's softmax(q k^T / sqrt(D)) v, the heads side by side: (B, T, 3C) -> (B, T, C).
+        With `last_queries=n` only the last n positions ask (every position still gives keys and
+        values): (B, n, C), the same as the last n rows of the whole."""
+        B, C = qkv.shape[0], qkv.shape[2] // 3
         q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, T, D) each
         if kv_cache is not None:
             k, v = kv_cache.extend(self.layer_index, k, v)  # (B, H, S, D), S = past + T
@@ -110,20 +117,24 @@ class CausalSelfAttention(nn.Module):
             # (in k's dtype: under bf16 autocast the projections give bf16, a prefix parameter is fp32)
             k = torch.cat([prefix_k.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
             v = torch.cat([prefix_v.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+        if last_queries is not None:
+            q = q[:, :, -last_queries:]  # (B, H, n, D)
+            allowed = allowed[:, :, -last_queries:] if allowed is not None else None  # (B, 1, n, P + S)
+        T, S = q.shape[2], k.shape[2]  # queries, keys
 
         if self.use_sdpa:
             dropout = self.attn_dropout.p if self.training else 0.0
-            # No padding: let the fused kernel apply the causal mask itself (and skip the masked
-            # blocks), aligned so the last query sees every key. Same function, no (T, S) mask.
-            ahead = k.shape[2] - T  # keys in front of this call's queries: the prefix, the cache
-            if allowed is None and ahead == 0:  # no prefix, no cache: the plain causal square
+            # No padding and as many keys as queries: let the fused kernel apply the causal mask
+            # itself (and skip the masked blocks). Same function, no (T, S) mask. A single query
+            # (generation's next token) sees every key: no mask either.
+            if allowed is None and S == T:  # no prefix, no cache, no cut: the plain causal square
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
             else:
-                mask = causal_lower_right(T, k.shape[2]) if allowed is None else allowed
+                mask = allowed if allowed is not None else causal_mask(T, S, q.device) if T > 1 else None
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             if allowed is None:
-                allowed = causal_mask(T, k.shape[2], q.device)  # (T, P + S)
+                allowed = causal_mask(T, S, q.device)  # (T, P + S)
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, P + S)
             scores = scores.masked_fill(~allowed, float("-inf"))
             weights = self.attn_dropout(F.softmax(scores, dim=-1))

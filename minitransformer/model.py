@@ -132,7 +132,8 @@ class MiniTransformer(nn.Module):
         if prefix_rows:
             x = torch.cat([x.new_zeros(B, prefix_len, x.shape[2]), x], dim=1)  # (B, P + T, C)
         # The last block's output is read only where logits are: its output projection and MLP
-        # run at the last n positions, from the first one read (all T still attend).
+        # run at the last n positions, from the first one read (all T still give keys and values;
+        # on a CPU only those n are queries too: attention.QUERIES_CUT_ON).
         n = positions_read(logits_to_keep, T)
         for layer, block in enumerate(self.blocks):
             if hidden_prompts is not None and hidden_prompts[layer] is not None:

@@ -14,25 +14,38 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import generation, train_step
 from benchmarks.common import SHAPES, Shape, training_flops, twins
+from minitransformer import attention
 
 TINY = Shape("tiny", vocab_size=41, block_size=32, d_model=32, n_layer=2, n_head=4)
 
 
 @pytest.mark.parametrize("method", ["soft_prompt", "prefix_tuning", "full_finetune"])
-def test_flop_formula_matches_pytorchs_flop_counter(method):
+def test_flop_formula_matches_pytorchs_flop_counter(method, monkeypatch):
     """FlopCounterMode counts every matrix product of a real forward + backward pass: with
     frozen weights it sees no weight gradients, so this checks the '4x, not 6x' claim too.
-    The explicit attention path computes all T x S scores, so the count is the full-attention one."""
+    The explicit attention path computes all T x S scores, so the count is the full-attention one.
+    The formula counts the GPU's step (where the MFU is measured): there every position of the
+    last block is a query. On a CPU only the n read positions are (attention.QUERIES_CUT_ON),
+    which must save exactly the other queries' attention, forward and backward."""
     B, T, P = 2, 12, 4
     ours, _ = twins(method, TINY, P, "cpu")
     ours.base.set_attention_implementation(use_sdpa=False)
     ids = torch.randint(1, TINY.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
     graded = train_step.num_targets(T, 0.5)
-    with FlopCounterMode(display=False) as counter:
-        train_step.our_loss(ours, ids, 0.5).backward()
+
+    def counted(cut_queries_on):
+        monkeypatch.setattr(attention, "QUERIES_CUT_ON", cut_queries_on)
+        with FlopCounterMode(display=False) as counter:
+            train_step.our_loss(ours, ids, 0.5).backward()
+        return counter.get_total_flops()
+
     # our_loss runs the head at one position more than it grades (the last, whose loss is ignored);
     # the MFU counts only the `graded` positions the loss needs
-    assert counter.get_total_flops() == training_flops(method, TINY, B, T, P, graded + 1, causal=False)
+    assert counted(set()) == training_flops(method, TINY, B, T, P, graded + 1, causal=False)
+    queries = T + P if method == "soft_prompt" else T  # the last block's, uncut
+    keys = T if method == "full_finetune" else T + P
+    uncut_attention = 3 * 4 * TINY.d_model * B * (queries - (graded + 1)) * keys  # q k^T and @ v, 3x for backward
+    assert counted(set()) - counted({"cpu"}) == uncut_attention
 
 
 def test_causal_count_is_about_half_the_attention():

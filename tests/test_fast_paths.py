@@ -2,7 +2,8 @@
 
 - attention without padding: no mask is built, the kernel masks causally itself;
 - the token ids' range is read from the device once per call (a GPU waits for each read);
-- `logits_to_keep`: the head, and the last block's output projection and MLP, run only where logits are read;
+- `logits_to_keep`: the head, and the last block's output projection and MLP (on a CPU its queries too),
+  run only where logits are read;
 - a GPU's head padded to 64 columns: the padding dropped, or kept at -inf (same loss and gradients);
 - a deep prompt on every layer runs as the key/value prefix it amounts to;
 - LoRA adds its low-rank path to the layer outputs instead of forming W + BA;
@@ -169,22 +170,34 @@ def test_padded_head_gives_the_same_loss_and_gradients(small_model, monkeypatch)
         torch.testing.assert_close(grad, plain_grad, rtol=0, atol=ATOL)
 
 
-def test_the_last_block_runs_only_where_logits_are_read(small_model):
-    """Its MLP sees the last n positions (an int), or those from the first column a mask keeps."""
+def test_the_last_block_runs_only_where_logits_are_read(small_model, monkeypatch):
+    """Its MLP sees the last n positions (an int), or those from the first column a mask keeps;
+    on a CPU its attention has only those queries too (attention.QUERIES_CUT_ON)."""
     ids, mask, labels = batch()  # (4, T)
-    seen = []
+    seen, queries = [], []
     small_model.blocks[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    attn = small_model.blocks[-1].attn
+    attend = attn.attend
+
+    def counting_attend(*args):
+        out = attend(*args)  # (B, queries, C)
+        queries.append(out.shape[1])
+        return out
+    monkeypatch.setattr(attn, "attend", counting_attend)
     keep = labels != IGNORE_INDEX
     small_model(ids, attention_mask=mask, logits_to_keep=2)
     small_model(ids, attention_mask=mask, logits_to_keep=keep)
     small_model(ids, attention_mask=mask)
     first_read = int(keep.any(dim=0).nonzero()[0, 0])
-    assert seen == [2, ids.shape[1] - first_read, ids.shape[1]] and 0 < first_read
+    assert seen == queries == [2, ids.shape[1] - first_read, ids.shape[1]] and 0 < first_read
 
 
+@pytest.mark.parametrize("use_sdpa", [True, False])
 @pytest.mark.parametrize("name", [*METHOD_FACTORIES, "full_finetune"])
-def test_the_last_block_cut_short_gives_the_same_gradients(small_model, name):
-    """The loss on the kept logits has the gradients of the loss on the same logits of a full forward."""
+def test_the_last_block_cut_short_gives_the_same_gradients(small_model, name, use_sdpa):
+    """The loss on the kept logits has the gradients of the loss on the same logits of a full forward
+    (padded rows, so the cut attention keeps its padding mask), with either attention path."""
+    small_model.set_attention_implementation(use_sdpa)
     model = FullFineTuneModel(small_model) if name == "full_finetune" else METHOD_FACTORIES[name](small_model)
     ids, mask, labels = batch()
     keep = labels != IGNORE_INDEX
