@@ -76,6 +76,10 @@ def make_step(model, loss_fn, ids, autocast_bf16, compile_model):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # transformers' Trainer default (torch >= 2.8)
     if compile_model:
+        # torch 2.13 (seen on a CPU) fails to rebuild the views a graph hands back by replaying them (a
+        # deep prompt's per-layer keys/values, split from one tensor before the input check's graph
+        # break) and gives garbage shapes; rebuilding them with as_strided is correct.
+        torch._functorch.config.view_replay_for_aliased_outputs = False
         # The whole loss, model and cross-entropy: one graph from the embeddings to the loss (the
         # input checks' one read of the token ids runs eagerly before it), so LayerNorms, GELUs and
         # residual adds fuse across blocks, and the loss's backward fuses with the head's.
