@@ -55,11 +55,14 @@ def generation_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    sections = [("CPU: training step, toy", "cpu_train_toy.json", train_table),
-                ("CPU: training step, toy, repeated", "cpu_train_toy_repeat.json", train_table),
-                ("CPU: training step, GPT-2 small", "cpu_train_gpt2.json", train_table),
-                ("CPU: training step, GPT-2 small, deep prompt and full fine-tuning repeated",
-                 "cpu_train_gpt2_repeat.json", train_table),
+    sections = [("CPU: training step, toy, both eager", "cpu_train_toy.json", train_table),
+                ("CPU: training step, toy, ours compiled (`--compile`)", "cpu_train_toy_compiled.json", train_table),
+                ("CPU: training step, toy, both eager, repeated", "cpu_train_toy_repeat.json", train_table),
+                ("CPU: training step, toy, ours compiled, repeated", "cpu_train_toy_compiled_repeat.json",
+                 train_table),
+                ("CPU: training step, GPT-2 small, both eager", "cpu_train_gpt2.json", train_table),
+                ("CPU: training step, GPT-2 small, ours compiled (`--compile`)", "cpu_train_gpt2_compiled.json",
+                 train_table),
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
                 ("GPU: prompt-training MFU (ours, bf16, compiled)", "gpu_mfu.json", mfu_table),
                 ("GPU: prompt-training MFU, the six prompt methods repeated on another start of the machine",
