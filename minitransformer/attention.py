@@ -125,12 +125,13 @@ class CausalSelfAttention(nn.Module):
         if self.use_sdpa:
             dropout = self.attn_dropout.p if self.training else 0.0
             # No padding and as many keys as queries: let the fused kernel apply the causal mask
-            # itself (and skip the masked blocks). Same function, no (T, S) mask. A single query
-            # (generation's next token) sees every key: no mask either.
+            # itself (and skip the masked blocks). Same function, no (T, S) mask.
             if allowed is None and S == T:  # no prefix, no cache, no cut: the plain causal square
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            else:
-                mask = allowed if allowed is not None else causal_mask(T, S, q.device) if T > 1 else None
+            elif allowed is None and T == 1:  # one query (generation's next token) sees every key
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            else:  # the queries are the last T of the S positions: the lower-right causal mask
+                mask = causal_mask(T, S, q.device) if allowed is None else allowed  # (T, S) or (B, 1, T, S)
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             if allowed is None:
