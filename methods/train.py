@@ -71,6 +71,13 @@ def answer_loss(model: PromptModel, batch: tuple[torch.Tensor, ...]) -> torch.Te
     return lm_loss(model(input_ids, attention_mask, logits_to_keep=graded), labels[graded])  # (N, V) vs (N,)
 
 
+def make_optimizer(model: PromptModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the method's own trainable parameters and nothing else: the base model
+    cannot change even if one of its weights were left with `requires_grad` by mistake."""
+    params = [p for p in model.prompt_parameters().values() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train `model`'s prompt parameters on `cfg.task`; return curves and test exact-match."""
     tokenizer = CharTokenizer()
@@ -79,8 +86,8 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
     train_inputs = sample_inputs(cfg.task, "train", cfg.n_train, SPLIT_SEED)
     val_inputs = sample_inputs(cfg.task, "val", cfg.n_val, SPLIT_SEED)
     test_inputs = sample_inputs(cfg.task, "test", cfg.n_test, SPLIT_SEED)
-    params = [p for p in model.prompt_parameters().values() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
+    params = optimizer.param_groups[0]["params"]
     rng, device = random.Random(cfg.seed), next(model.parameters()).device
     torch.manual_seed(cfg.seed)
 
