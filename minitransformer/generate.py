@@ -44,6 +44,7 @@ def generate(
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
     if input_ids.shape[0] and not bool(attention_mask[:, -1].all()):
         raise ValueError("generation appends on the right, so pad batches on the left (pad_side='left')")
+    _check_room(model, attention_mask, max_new_tokens)
 
     ids, mask = input_ids, attention_mask
     cache = KVCache() if use_cache else None
@@ -60,6 +61,28 @@ def generate(
             if bool(finished.all()):
                 break
     return ids
+
+
+def _check_room(model, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
+    """Refuse, before generating anything, a generation that would run past the context.
+
+    Each row's real tokens, the prompt's P virtual tokens (`num_virtual_tokens` in a prompt
+    method's config), and every new token but the last (which is never fed back) need a
+    position. Models that do not show a `block_size` are left to their own checks.
+    """
+    base = getattr(model, "base", model)
+    block_size = getattr(getattr(base, "config", None), "block_size", None)
+    if not max_new_tokens or not isinstance(block_size, int) or attention_mask.numel() == 0:
+        return
+    virtual = getattr(getattr(model, "config", None), "num_virtual_tokens", 0) if base is not model else 0
+    longest = int(attention_mask.sum(dim=1).max())  # real tokens of the longest row
+    fits = block_size - virtual - longest + 1  # new tokens that fit: the last one needs no position
+    if max_new_tokens > fits:
+        prompt = f"the prompt's {virtual} virtual tokens + " if virtual else ""
+        advice = f"ask for at most {fits} new tokens (max_new_tokens), or shorten the input" if fits > 0 else \
+            f"no new token fits: shorten the input to at most {block_size - virtual} tokens"
+        raise ValueError(f"{prompt}{longest} input tokens + {max_new_tokens} new tokens do not fit the context "
+                         f"block_size={block_size}; {advice}")
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 
 from .config import ModelConfig
 
+TOKEN_ID_DTYPES = (torch.long, torch.int32)  # the index dtypes nn.Embedding accepts (int16/int8/uint8 it refuses)
+
 
 def check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
                          hidden_prompts, prefix_kv, past: int) -> int:
@@ -46,8 +48,9 @@ def check_token_ids(config: ModelConfig, input_ids: torch.Tensor, values: bool =
                          "wrap it with torch.tensor([...])")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be 2-D (B, T), got shape {tuple(input_ids.shape)}; add a batch dim")
-    if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dtype not in TOKEN_ID_DTYPES:
+        raise ValueError(f"input_ids must be integer token ids of dtype torch.long or torch.int32 (the dtypes "
+                         f"nn.Embedding takes), got dtype {input_ids.dtype}; convert them with .long()")
     if values and input_ids.numel():
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one read from a GPU, not two
         if low < 0 or high >= config.vocab_size:

@@ -86,3 +86,58 @@ def test_command_line_refuses_unknown_names_and_bad_numbers(argv, message, capsy
         parse_args(argv)
     assert exit_info.value.code == 2  # argparse's "usage error"
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int8, torch.uint8, torch.bool])
+def test_token_ids_of_a_dtype_the_embedding_refuses_name_the_fix(dtype, small_model):
+    ids = IDS.to(dtype)
+    with pytest.raises(ValueError, match=r"torch.long or torch.int32 .* convert them with .long\(\)"):
+        small_model(ids)
+    for method in METHODS.values():
+        with pytest.raises(ValueError, match=r"torch.long or torch.int32 .* convert them with .long\(\)"):
+            method(small_model)(ids)
+
+
+def test_int32_token_ids_are_accepted_and_give_the_same_logits(small_model):
+    torch.testing.assert_close(small_model(IDS.int()), small_model(IDS), rtol=0, atol=0)
+    for method in METHODS.values():
+        model = method(small_model)
+        torch.testing.assert_close(model(IDS.int()), model(IDS), rtol=0, atol=0)
+
+
+def counting_calls(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def test_generation_past_the_context_is_refused_before_anything_runs_and_names_the_new_tokens_that_fit(small_model):
+    block = small_model.config.block_size
+    calls = counting_calls(small_model)
+    ids = torch.ones(1, 10, dtype=torch.long)
+    fits = block - 10 + 1  # the last new token is never fed back, so it needs no position
+    assert generate(small_model, ids, fits).shape == (1, 10 + fits)  # exactly full: fine
+    calls.clear()
+    with pytest.raises(ValueError, match=f"10 input tokens \\+ {fits + 1} new tokens .* at most {fits} new tokens "
+                                         r"\(max_new_tokens\)"):
+        generate(small_model, ids, fits + 1)
+    assert not calls  # refused up front, not partway with tokens already generated
+    with pytest.raises(ValueError, match=f"no new token fits: shorten the input to at most {block} tokens"):
+        generate(small_model, torch.ones(1, block + 1, dtype=torch.long), 1)
+    assert not calls
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generation_past_the_context_counts_the_prompt_and_the_longest_real_row(method, small_model):
+    model, block = METHODS[method](small_model), small_model.config.block_size
+    calls = counting_calls(model)
+    ids = torch.ones(2, 12, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding: row 0 is the longest, with 12 real tokens
+    fits = block - P - 12 + 1
+    assert generate(model, ids, fits, attention_mask=mask).shape == (2, 12 + fits)
+    calls.clear()
+    with pytest.raises(ValueError, match=f"the prompt's {P} virtual tokens \\+ 12 input tokens \\+ {fits + 1} new "
+                                         f"tokens .* at most {fits} new tokens"):
+        generate(model, ids, fits + 1, attention_mask=mask)
+    assert not calls
