@@ -22,6 +22,8 @@ right-padded rows get the same positions; pass `position_ids` to override. Witho
 mask nothing is padded: positions simply count on, and the forward pass never has to
 read a value back from a GPU (such a read stalls it) except to check the token ids.
 `kv_cache` keeps keys/values between calls for fast generation (see generate.py).
+`hidden_states(...)` takes the same arguments and returns what the head reads,
+LayerNorm(h_L): a task head (methods/heads.py) reads it instead of the logits.
 """
 
 from __future__ import annotations
@@ -76,7 +78,15 @@ class MiniTransformer(nn.Module):
         for block in self.blocks:
             block.attn.use_sdpa = use_sdpa
 
-    def forward(
+    def forward(self, input_ids: torch.Tensor | None = None, **hooks) -> torch.Tensor:
+        """Next-token logits (B, T, vocab_size): the tied head on the final hidden states.
+
+        Takes the same arguments as `hidden_states` (the hooks); `logits_to_keep` chooses
+        where the head runs, (B, n, V) or (N, V).
+        """
+        return self.head(self.hidden_states(input_ids, **hooks))
+
+    def hidden_states(
         self,
         input_ids: torch.Tensor | None = None,  # (B, T) token ids
         *,
@@ -88,12 +98,12 @@ class MiniTransformer(nn.Module):
         kv_cache: KVCache | None = None,
         logits_to_keep: int | torch.Tensor | None = None,  # last n positions, or a (B, T) bool mask
     ) -> torch.Tensor:
-        """Return next-token logits (B, T, vocab_size) for every position of the input.
+        """The final hidden states LayerNorm(h_L), (B, T, C): what the head (or a task head) reads.
 
         The head is the largest single matrix of a GPT-2-sized model (V x C: 38.6M of its
         124M parameters), so it is worth running only where logits are read:
-        `logits_to_keep=n` gives (B, n, V) for the last n positions (generation needs n=1),
-        a (B, T) bool mask gives (N, V) for its N True positions, row by row (training
+        `logits_to_keep=n` gives (B, n, C) for the last n positions (generation needs n=1),
+        a (B, T) bool mask gives (N, C) for its N True positions, row by row (training
         needs only the positions that carry a loss). The same goes for the last block's
         output projection and MLP (9 C^2 of its 12 C^2 weights), so those run only at the
         positions from the first one read to the end (`positions_read`).
@@ -145,7 +155,7 @@ class MiniTransformer(nn.Module):
         x = x[:, -n:]  # (B, n, C)
         if isinstance(logits_to_keep, torch.Tensor):
             x = x[logits_to_keep[:, -n:]]  # (N, C)
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)  # (B, n, C) or (N, C)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Next-token logits, (..., C) -> (..., V): the tied head x E^T.
