@@ -122,10 +122,19 @@ class PromptModel(nn.Module):
         hooks = self.hooks_for(self.state_for_call(kv_cache), input_ids, attention_mask, is_first_call(kv_cache))
         return self.run_base(hooks, input_ids, kv_cache, logits_to_keep)
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The base's final hidden states (B, T, C) for the T real tokens, as prompted: what a task
+        head reads (heads.py). `logits_to_keep` selects rows as in `forward`, giving (B, n, C) or (N, C)."""
+        attention_mask = self.check_inputs(input_ids, attention_mask, None)
+        hooks = self.hooks_for(self.state_for_call(None), input_ids, attention_mask, True)
+        return self.run_base(hooks, input_ids, None, logits_to_keep, hidden=True)
+
     def forward_with(self, state: torch.Tensor | None, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                     logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """`forward` with the prompt state given: a state of B rows gives row b the prompt `state[b]`."""
+                     logits_to_keep: int | torch.Tensor | None = None, hidden: bool = False) -> torch.Tensor:
+        """`forward` with the prompt state given: a state of B rows gives row b the prompt `state[b]`
+        (`hidden=True`: the final hidden states instead of the logits, as `hidden_states`)."""
         attention_mask = self.check_inputs(input_ids, attention_mask, kv_cache)
         if state is None and self.needs_state(is_first_call(kv_cache)):
             raise ValueError("this call needs the prompt state (the first call, or a prefix on any call)")
@@ -133,11 +142,12 @@ class PromptModel(nn.Module):
             raise ValueError(f"the prompt state has {state.shape[0]} rows but the batch has {input_ids.shape[0]}; "
                              "give one prompt per row, or one for all")
         hooks = self.hooks_for(state, input_ids, attention_mask, is_first_call(kv_cache))
-        return self.run_base(hooks, input_ids, kv_cache, logits_to_keep)
+        return self.run_base(hooks, input_ids, kv_cache, logits_to_keep, hidden)
 
     def run_base(self, hooks: dict, input_ids: torch.Tensor, kv_cache: KVCache | None,
-                 logits_to_keep: int | torch.Tensor | None) -> torch.Tensor:
-        """Run the frozen base with these hooks, computing the head at real tokens only."""
+                 logits_to_keep: int | torch.Tensor | None, hidden: bool = False) -> torch.Tensor:
+        """Run the frozen base with these hooks, computing the head at real tokens only
+        (`hidden=True`: no head, the final hidden states there)."""
         B, T = input_ids.shape
         check_logits_to_keep(logits_to_keep, B, T)
         if logits_to_keep is None:
@@ -145,7 +155,8 @@ class PromptModel(nn.Module):
         elif isinstance(logits_to_keep, torch.Tensor) and "inputs_embeds" in hooks:
             virtual = hooks["inputs_embeds"].shape[1] - T  # P prompt positions in front of the real tokens
             logits_to_keep = F.pad(logits_to_keep, (virtual, 0), value=False)  # (B, P + T)
-        return self.base(**hooks, kv_cache=kv_cache, logits_to_keep=logits_to_keep)
+        run = self.base.hidden_states if hidden else self.base
+        return run(**hooks, kv_cache=kv_cache, logits_to_keep=logits_to_keep)
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      kv_cache: KVCache | None) -> torch.Tensor | None:
