@@ -18,6 +18,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,3 +95,48 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, flag: str = "-
         raise ValueError(f"cannot write to output folder {path} ({error}); choose a folder you can write to") \
             from error
     return path
+
+
+def fresh_run_dir(name: str, root: str | Path = "runs") -> Path:
+    """A folder that does not exist yet, `root/name-YYYYMMDD-HHMMSS` (with `-2`, `-3`, ... if taken).
+
+    The default output of a command: re-running it never collides with, or replaces, an
+    earlier run. Nothing is created here; `prepare_output_dir` does that.
+    """
+    stem = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
+
+
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies inside it, comparing resolved paths (links and `..` followed)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Check (before any work) that a single result file can be written at `path`.
+
+    Refused: a folder; an existing file, unless `overwrite`; a parent folder that cannot be
+    written to. The parent folder is created.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output path {path} is a folder; pass a file path such as {path / 'results.json'}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"output file {path} already exists; choose another path, or pass {flag} to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path.parent / f".{path.name}.write-test", "").unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write to {path.parent} ({error}); choose a folder you can write to") from error
+    return path
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """`fig.savefig(path)`, atomically: the format is taken from `path`'s suffix (the temporary file's is .tmp)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
