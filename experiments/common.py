@@ -5,12 +5,21 @@ run is a *job*: a module-level function plus keyword arguments, so it can run in
 process or in a worker process. The tiny model is launch-bound, so on one GPU a dozen
 processes in parallel finish a sweep many times faster than one; `--jobs N` turns that on.
 Every run seeds itself, so its result does not depend on which worker runs it, or when.
+
+Finished runs are cached (`run_jobs`), keyed by what can change their result (`run_key`):
+the job's function and parameters, the base model's *content* (its fingerprint, not its
+path: two base models at look-alike paths never share results, one base model copied
+elsewhere does), and the version of the code (a hash of the source of `minitransformer`,
+`methods` and `experiments`: after a code change every run is trained again instead of
+silently reusing results the old code made). Cache entries are strict JSON written
+atomically; a damaged one is trained again and replaced.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import multiprocessing
 from collections.abc import Callable
@@ -24,7 +33,8 @@ import torch
 from methods.compare import RunSettings, run_method
 from methods.prompt_model import PromptModel
 from methods.train import TrainConfig, TrainResult, train
-from minitransformer import DEFAULT_CHECKPOINT, MiniTransformer, load_checkpoint
+from minitransformer import DEFAULT_CHECKPOINT, MiniTransformer, fingerprint, load_checkpoint
+from minitransformer.files import write_json
 
 # Learning rates, pinned here so that re-tuning `methods/compare.py` later does not silently change
 # these experiments. They are the comparison's defaults when the results were made (a sweep on dsc,
@@ -56,10 +66,52 @@ class Context:
         return {**(QUICK_SETTINGS if self.quick else {}), **values}
 
 
+CODE_PACKAGES = ("minitransformer", "methods", "experiments")
+
+
+def checkpoint_stamp(checkpoint: str | Path) -> tuple[str, tuple]:
+    """The checkpoint's resolved path and (name, size, mtime) of its files: changes whenever it is rewritten.
+
+    A ValueError naming the path if there is no checkpoint there.
+    """
+    path = Path(checkpoint).resolve()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no base model checkpoint at {checkpoint} (no config.json there); pass --checkpoint "
+                         f"a folder written by save_checkpoint, such as the shipped {DEFAULT_CHECKPOINT}")
+    files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+    return str(path), files
+
+
 @functools.lru_cache(maxsize=8)
+def _load(path: str, stamp: tuple, device: str) -> MiniTransformer:
+    return load_checkpoint(path).to(device)
+
+
 def base_model(checkpoint: str, device: str) -> MiniTransformer:
-    """The frozen base model, loaded once per process and device (every method leaves it unchanged)."""
-    return load_checkpoint(checkpoint).to(device)
+    """The frozen base model, loaded once per process, device and version of the checkpoint's files
+    (every method leaves it unchanged)."""
+    return _load(*checkpoint_stamp(checkpoint), device)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint(path: str, stamp: tuple) -> str:
+    return fingerprint(load_checkpoint(path))
+
+
+def checkpoint_fingerprint(checkpoint: str | Path) -> str:
+    """The base model's content hash (`minitransformer.fingerprint`), computed once per version of its files."""
+    return _fingerprint(*checkpoint_stamp(checkpoint))
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of every .py file of the packages a run executes: any change to the code changes it."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        root = Path(importlib.import_module(package).__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def summarise(result: TrainResult, **tags) -> dict:
@@ -92,7 +144,8 @@ def _one_thread() -> None:
 
 
 def run_key(fn: Callable, job: dict) -> str:
-    """A run's identity: the job function and every parameter that can change its result (not its tags)."""
+    """A run's identity: the job function, every parameter that can change its result (not its tags),
+    the base model's content and the code version (module docstring)."""
     job = {k: v for k, v in job.items() if k != "tags"}
     if "settings" in job:  # fill in every default, so equal runs asked for differently share a key
         settings = asdict(RunSettings(**job["settings"]))
@@ -100,35 +153,52 @@ def run_key(fn: Callable, job: dict) -> str:
         if settings["lr"] is None and job.get("method") in LR:
             settings["lr"] = LR[job["method"]]
         job["settings"] = settings
-    if "checkpoint" in job:  # the same checkpoint may live at another absolute path on another machine
-        job["checkpoint"] = "/".join(Path(job["checkpoint"]).parts[-2:])
-    text = json.dumps({"fn": f"{fn.__module__}.{fn.__qualname__}", **job}, sort_keys=True, default=str)
+    if "checkpoint" in job:  # the model itself, wherever it lives: not its path
+        job["checkpoint"] = checkpoint_fingerprint(job["checkpoint"])
+    text = json.dumps({"fn": f"{fn.__module__}.{fn.__qualname__}", "code": code_version(), **job}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def read_cached(path: Path) -> dict | None:
+    """A finished run from the cache; None if there is none, or if the file is damaged (then it is retrained)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing; or truncated by a crash, or not JSON: train the run again
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def run_jobs(ctx: Context, fn: Callable[..., dict], jobs: list[dict], cache: bool = True) -> list[dict]:
     """fn(**job) for every job, in ctx.jobs worker processes; results in the order of `jobs`.
 
-    Each finished run is written to `ctx.cache/runs/` at once, so an interrupted experiment
-    resumes where it stopped, and a run that two experiments share is trained once. The
-    longest jobs (most steps) start first, so no worker is left with a long tail.
+    Each finished run is written to `ctx.cache/runs/` at once (atomically, strict JSON), so
+    an interrupted experiment resumes where it stopped, and a run that two experiments
+    share is trained once. The longest jobs (most steps) start first, so no worker is left
+    with a long tail. `cache=False`: run every job, keep nothing.
     """
     folder = Path(ctx.cache) / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = [run_key(fn, job) for job in jobs]
+    keys = [run_key(fn, job) for job in jobs] if cache else [None] * len(jobs)  # checks every checkpoint first
     results: list[dict | None] = [None] * len(jobs)
+    damaged = 0
     for i, (job, key) in enumerate(zip(jobs, keys)):
-        if cache and ctx.reuse and (folder / f"{key}.json").is_file():
-            results[i] = {**json.loads((folder / f"{key}.json").read_text()), **job.get("tags", {}), "from_cache": True}
+        if cache and ctx.reuse:
+            path = folder / f"{key}.json"
+            cached = read_cached(path)
+            damaged += cached is None and path.exists()
+            if cached is not None:
+                results[i] = {**cached, **job.get("tags", {}), "from_cache": True}
     todo = sorted((i for i in range(len(jobs)) if results[i] is None),
                   key=lambda i: -jobs[i].get("settings", {}).get("steps", 0))
-    ctx.log(f"  {len(jobs)} runs, {len(jobs) - len(todo)} of them from the cache {folder}")
+    if cache:
+        ctx.log(f"  {len(jobs)} runs, {len(jobs) - len(todo)} of them from the cache {folder}"
+                + (f" ({damaged} damaged entries, trained again)" if damaged else ""))
 
     def finish(i: int, result: dict, n: int) -> None:
         results[i] = result
         if cache:
             untagged = {k: v for k, v in result.items() if k not in jobs[i].get("tags", {}) and k != "from_cache"}
-            (folder / f"{keys[i]}.json").write_text(json.dumps(untagged) + "\n")
+            write_json(folder / f"{keys[i]}.json", untagged, indent=None)
         ctx.log(f"  [{n}/{len(todo)}] {_describe(result)}")
 
     if ctx.jobs <= 1:

@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minitransformer.files import save_figure
+
 SPREAD = "mean (line or bar), min to max over seeds (band or whisker), one dot per seed"
 
 
@@ -50,9 +52,10 @@ def grouped_bars(ax, groups: list[str], series: dict[str, list[list[float]]], wi
 def save(fig, path: str | Path, title: str, subtitle: str = SPREAD) -> Path:
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return save_figure(fig, path, dpi=120)  # atomically: never half a PNG over the previous one
+    finally:
+        plt.close(fig)
 
 
 def subplots(ncols: int, nrows: int = 1, width: float = 5.5, height: float = 4.2):

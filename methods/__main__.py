@@ -3,39 +3,40 @@
     python -m methods                                   # the default comparison (a few minutes on a CPU)
     python -m methods --quick                           # a smoke run, under a minute
     python -m methods --task rev --methods soft_prompt --init TEXT --prompt-len 16
+    python -m methods --out experiments/results/compare_default --overwrite   # regenerate the committed run
 
 Prints one table (method, trainable parameters, % of the base model, test exact-match,
 wall seconds) and writes to --out: results.json, curves.png (loss and validation
 exact-match of every method on shared axes), params_vs_accuracy.png (log x axis).
+
+Nothing is lost and nothing is replaced by accident:
+- the default --out is a new folder, runs/compare-YYYYMMDD-HHMMSS, so re-running never
+  collides with an earlier run; an --out that already holds files is refused (before any
+  training) unless you pass --overwrite;
+- every flag and the output folder are checked before training starts;
+- results.json is saved after each method finishes, marked "complete": false until the
+  last one is done, so a crash or Ctrl-C keeps the methods already trained;
+- the table is printed before the final files are written, so a failed write loses no
+  numbers; results.json is strict JSON (a NaN from a diverged run is refused, named).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from minitransformer import DEFAULT_CHECKPOINT, TASKS
+from minitransformer.checkpoint import read_config
+from minitransformer.cli import device_arg, positive_float, positive_int
+from minitransformer.files import fresh_run_dir, prepare_output_dir, write_json
 
 from .compare import DEFAULT_METHODS, METHODS, RunSettings, compare, format_table
 from .plots import plot_curves, plot_params_vs_accuracy
 from .soft_prompt import INITS
+from .train import TrainConfig, TrainResult
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+__all__ = ["main", "method_list", "parse_args", "positive_float", "positive_int", "settings_from"]
 
 
 def method_list(text: str) -> list[str]:
@@ -46,7 +47,7 @@ def method_list(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="dsc", choices=sorted(TASKS), help="task to adapt to (default: dsc)")
@@ -64,13 +65,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "length (default: a demonstration of the task ending with its name, e.g. '...=cba.rev:')")
     parser.add_argument("--with-task-name", action="store_true", help="keep the hard prompt `dsc:` in the input")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the frozen base model")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="bf16: train under bfloat16 autocast (for GPUs; default fp32)")
-    parser.add_argument("--out", default="runs/compare", help="folder for results.json and the plots")
+    parser.add_argument("--out", default=None, help="folder for results.json and the plots "
+                        "(default: a new folder runs/compare-YYYYMMDD-HHMMSS)")
+    parser.add_argument("--overwrite", action="store_true", help="allow --out to be a folder that holds files")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, small evaluation sets")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any work, what argparse's types cannot see alone (a usage error naming the fix)."""
+    n_train = TrainConfig.n_train  # the distinct training inputs each step's batch is drawn from
+    if args.batch_size is not None and args.batch_size > n_train:
+        parser.error(f"--batch-size {args.batch_size} is larger than the {n_train} training inputs a batch is "
+                     f"drawn from; pass --batch-size {n_train} or less")
+    try:
+        read_config(args.checkpoint)
+    except ValueError as error:
+        parser.error(f"--checkpoint: {error}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> RunSettings:
@@ -88,17 +110,39 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    try:
+        out = prepare_output_dir(args.out or fresh_run_dir("compare"), args.overwrite)
+    except ValueError as error:
+        parser.error(str(error))
     settings = settings_from(args)
-    results = compare(args.methods, settings, args.checkpoint, progress=not args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    report = {"complete": False, "settings": asdict(settings), "results": []}
+
+    def save_so_far(results: list[TrainResult]) -> None:
+        """After each method: results.json with every method finished so far, still marked incomplete."""
+        report["results"] = [r.to_dict() for r in results]
+        try:
+            write_json(out / "results.json", report)
+        except (OSError, ValueError) as error:  # keep training; the final write below raises it again
+            print(f"warning: could not save results.json after {results[-1].method}: {error}", file=sys.stderr)
+
+    try:
+        results = compare(args.methods, settings, args.checkpoint, progress=not args.no_progress,
+                          on_result=save_so_far)
+    except BaseException:
+        if report["results"]:
+            print(f"stopped after {len(report['results'])} of {len(args.methods)} methods; their results are in "
+                  f"{out / 'results.json'} (marked \"complete\": false)", file=sys.stderr)
+        raise
+    report["complete"] = True
     title = f"task {settings.task}, P={settings.prompt_len}, {settings.steps} steps, seed {settings.seed}"
-    report = {"settings": asdict(settings), "results": [r.to_dict() for r in results]}
-    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\n{title}\n{format_table(results)}\n", flush=True)  # first: a failed write below loses no numbers
+    write_json(out / "results.json", report)
     plot_curves(results, out / "curves.png", title)
     plot_params_vs_accuracy(results, out / "params_vs_accuracy.png", title)
-    print(f"\n{title}\n{format_table(results)}\n\nwrote {out}/results.json, curves.png, params_vs_accuracy.png")
+    print(f"wrote {out}/results.json, curves.png, params_vs_accuracy.png")
     return report
 
 

@@ -104,12 +104,22 @@ def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool 
 
 
 def compare(methods=DEFAULT_METHODS, settings: RunSettings | None = None, checkpoint=None,
-            progress: bool = True) -> list[TrainResult]:
-    """Train each method from the same frozen base; return their results in order."""
+            progress: bool = True,
+            on_result: Callable[[list[TrainResult]], None] | None = None) -> list[TrainResult]:
+    """Train each method from the same frozen base; return their results in order.
+
+    `on_result(results so far)` is called after each method finishes: `python -m methods`
+    saves them there, so a crash in a later method loses nothing already trained.
+    """
     settings = settings or RunSettings()
     torch.manual_seed(settings.seed)
     base = (load_checkpoint(checkpoint) if checkpoint else load_checkpoint()).to(settings.device)
-    return [run_method(base, name, settings, progress) for name in methods]
+    results = []
+    for name in methods:
+        results.append(run_method(base, name, settings, progress))
+        if on_result is not None:
+            on_result(list(results))
+    return results
 
 
 def format_table(results: list[TrainResult]) -> str:

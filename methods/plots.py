@@ -1,4 +1,8 @@
-"""Plots of a comparison: training curves on shared axes, and accuracy against trainable parameters."""
+"""Plots of a comparison: training curves on shared axes, and accuracy against trainable parameters.
+
+Each figure is saved atomically (`minitransformer.files.save_figure`): a crash mid-save never
+leaves half a PNG over the previous one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from minitransformer.files import save_figure
 
 from .train import TrainResult
 
@@ -29,9 +35,10 @@ def plot_curves(results: list[TrainResult], path: str | Path, title: str = "") -
     ax_em.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_params_vs_accuracy(results: list[TrainResult], path: str | Path, title: str = "") -> Path:
@@ -44,6 +51,7 @@ def plot_params_vs_accuracy(results: list[TrainResult], path: str | Path, title:
            ylim=(-0.02, 1.08), title=title or "accuracy vs trainable parameters")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
