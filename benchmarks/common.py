@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from methods import (
     SoftPromptModel,
 )
 from methods.lora import LoRAConfig, LoRAModel
+from minitransformer.cli import device_arg, positive_int
+from minitransformer.files import check_output_file, write_json
 from minitransformer.hf_gpt2 import from_gpt2
 
 
@@ -240,12 +241,33 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
 def base_parser(description: str, methods: tuple[str, ...]) -> argparse.ArgumentParser:
     """The arguments both benchmark scripts take; each adds its own."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--prompt-len", type=positive_int, default=16)
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: print only)")
+    parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file, "
+                        "such as the committed benchmarks/results/*.json")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then check `--out` before anything is timed: a folder, or an existing file without
+    --overwrite, is refused at once rather than after minutes of benchmarking."""
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        try:
+            check_output_file(args.out, args.overwrite)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
+
+
+def save_rows(args, rows: list[dict], machine: str) -> None:
+    """The rows and how they were made, as strict JSON, written atomically to `args.out`."""
+    meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
+            "machine": machine, "threads": torch.get_num_threads()}
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 def run_and_save(args, bench_method, format_row) -> list[dict]:
@@ -256,9 +278,5 @@ def run_and_save(args, bench_method, format_row) -> list[dict]:
             rows.append(bench_method(method, SHAPES[shape_name], args))
             print(format_row(rows[-1]), flush=True)
     if args.out:
-        machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-                "machine": machine, "threads": torch.get_num_threads()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        save_rows(args, rows, torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor())
     return rows

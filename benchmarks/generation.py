@@ -22,7 +22,7 @@ import torch
 
 from minitransformer import generate
 
-from .common import base_parser, run_and_save, same_function, synchronize, twins
+from .common import base_parser, parse, run_and_save, same_function, synchronize, twins
 
 METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
 DEFAULT_SIZES = {  # (B rows, input length, new tokens)
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("B", "T", "NEW"), help="override the defaults")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     run_and_save(args, bench_method, format_row)
 
 

@@ -1,6 +1,7 @@
 """Where a GPU training step's time goes: kernel time by kind, and how long the GPU sits idle.
 
-    python -m benchmarks.profile_step --methods soft_prompt prefix_tuning --out benchmarks/results/gpu_profile.json
+    python -m benchmarks.profile_step --methods soft_prompt prefix_tuning --out benchmarks/results/gpu_profile.json \
+        --overwrite    # --overwrite: replace the committed file; without it an existing --out is refused
 
 The same step as the MFU run of train_step.py (GPT-2 small, bf16 frozen base, the whole loss
 compiled, LM loss on every position), profiled for a few steps with torch.profiler. From the
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .common import METHODS, SHAPES, base_parser, store_frozen_in_bf16, synchronize, twins
+from .common import METHODS, SHAPES, base_parser, parse, save_rows, store_frozen_in_bf16, synchronize, twins
 from .train_step import make_step, our_loss
 
 KINDS = {"attention": ("sdpa", "flash", "fmha", "attention"), "matmul": ("gemm", "nvjet", "cutlass", "xmma", "gemv"),
@@ -83,7 +84,7 @@ def main(argv=None) -> None:
     parser.set_defaults(device="cuda", methods=["soft_prompt", "prefix_tuning"])
     parser.add_argument("--batch", type=int, nargs=2, default=(32, 1008), metavar=("B", "T"))
     parser.add_argument("--steps", type=int, default=3, help="steps under the profiler")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     rows = []
     for method in args.methods:
         rows.append(profile_method(method, args))
@@ -92,10 +93,7 @@ def main(argv=None) -> None:
         print(f"{method:<14} step {r['step_ms']:.1f} ms | GPU busy {r['busy_ms']:.1f} ms, idle {r['gaps_ms']:.1f} ms "
               f"| kernel ms: {kinds}", flush=True)
     if args.out:
-        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-                "machine": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        save_rows(args, rows, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
 
 
 if __name__ == "__main__":

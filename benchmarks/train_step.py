@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .common import (
     METHODS,
     base_parser,
+    parse,
     peak_flops,
     peak_memory_of,
     run_and_save,
@@ -180,7 +181,7 @@ def main(argv=None) -> None:
                         help="the share of each row that is graded target (1: a language-modelling loss on all)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our loss function (model and loss)")
     parser.add_argument("--ours-only", action="store_true", help="skip peft (e.g. for the MFU run)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     torch.manual_seed(0)
     run_and_save(args, bench_method, format_row)
 
