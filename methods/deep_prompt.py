@@ -44,7 +44,7 @@ from torch import nn
 from minitransformer import MiniTransformer
 
 from .prefix_tuning import split_prefix
-from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .prompt_model import PromptConfig, PromptModel, check_choice, check_int, prepend_prompt
 from .token_init import activations_of_tokens, sample_token_ids
 
 INITS = ("SAMPLE_VOCAB", "RANDOM")
@@ -62,8 +62,10 @@ class DeepPromptConfig(PromptConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        check_choice(self, "init", INITS)
+        if self.prompt_layers is not None:  # 0 is not "all layers": None is
+            check_int(self, "prompt_layers", 1, "pass None for prompts at every layer, or 1..n_layer for that "
+                      "many layers from the bottom (1: a plain soft prompt)")
 
 
 class DeepPromptModel(PromptModel):
@@ -73,9 +75,10 @@ class DeepPromptModel(PromptModel):
     def __init__(self, base: MiniTransformer, config: DeepPromptConfig | None = None) -> None:
         super().__init__(base, config or DeepPromptConfig())
         n_layer = base.config.n_layer
-        layers = self.config.prompt_layers or n_layer
+        layers = n_layer if self.config.prompt_layers is None else self.config.prompt_layers
         if not 1 <= layers <= n_layer:
-            raise ValueError(f"prompt_layers must be in 1..{n_layer} (the base model's layers), got {layers}")
+            raise ValueError(f"prompt_layers must be in 1..{n_layer} (the base model's layers), got {layers}; "
+                             f"pass at most {n_layer}, or None for every layer")
         generator = torch.Generator().manual_seed(self.config.seed)
         token_ids = sample_token_ids(base, self.config.num_virtual_tokens, generator)
         hidden, _ = activations_of_tokens(base, token_ids)

@@ -33,26 +33,51 @@ from torch import nn
 
 from minitransformer import KVCache, MiniTransformer
 
-from .prompt_model import PromptModel, kept_with_cache
+from .prompt_model import PromptModel, check_int, kept_with_cache
 
 
 @dataclass
 class LoRAConfig:
     r: int = field(default=4, metadata={"help": "rank of the update B A"})
     lora_alpha: float = field(default=8.0, metadata={"help": "the update is scaled by lora_alpha / r"})
-    target_modules: tuple[str, ...] = field(default=("attn.c_attn", "attn.c_proj"),
-                                            metadata={"help": "Linear layers (name suffixes) to adapt"})
+    target_modules: tuple[str, ...] = field(default=("attn.c_attn", "attn.c_proj"), metadata={
+        "help": "Linear layers to adapt, by name or dotted name suffix ('attn.c_attn'); one string is one name"})
     seed: int = 0
     num_virtual_tokens: int = 0  # LoRA adds no positions
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        check_int(self, "r", 1, "pass the rank of the update, e.g. r=4")
+        alpha = self.lora_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"LoRAConfig.lora_alpha must be a positive number, got {alpha!r}; the update is "
+                             "scaled by lora_alpha / r: pass e.g. lora_alpha=8.0 (2 r)")
+        if isinstance(self.target_modules, str):  # one name, never its characters ("a", "t", "t", ...)
+            self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError(f"LoRAConfig.target_modules must be one or more layer names, got "
+                             f"{self.target_modules!r}; pass e.g. ('attn.c_attn', 'attn.c_proj')")
 
     def to_dict(self) -> dict:
         return {"r": self.r, "lora_alpha": self.lora_alpha, "target_modules": list(self.target_modules),
                 "seed": self.seed}
+
+
+def matches(name: str, target: str) -> bool:
+    """A layer name matches a target that is the whole name or a dotted suffix of it
+    ("attn.c_attn" matches "blocks.0.attn.c_attn"; "c_fc" never matches "blocks.0.mlp.xc_fc")."""
+    return name == target or name.endswith("." + target)
+
+
+def target_layers(base: MiniTransformer, targets: tuple[str, ...]) -> list[str]:
+    """The names of the Linear layers `targets` pick; a target that picks none is refused."""
+    linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
+    unknown = [t for t in targets if not any(matches(n, t) for n in linears)]
+    if unknown:
+        kinds = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in linears})
+        raise ValueError(f"LoRA target_modules {unknown} match no Linear layer of the base model; "
+                         f"pass names from: {', '.join(kinds)}")
+    return [n for n in linears if any(matches(n, t) for t in targets)]
 
 
 class LoRAModel(PromptModel):
@@ -61,10 +86,7 @@ class LoRAModel(PromptModel):
 
     def __init__(self, base: MiniTransformer, config: LoRAConfig | None = None) -> None:
         super().__init__(base, config or LoRAConfig())
-        self.targets = [n for n, m in base.named_modules()
-                        if isinstance(m, nn.Linear) and n.endswith(self.config.target_modules)]
-        if not self.targets:
-            raise ValueError(f"no Linear layer ends with any of {self.config.target_modules}")
+        self.targets = target_layers(base, self.config.target_modules)
         generator = torch.Generator().manual_seed(self.config.seed)
         self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         for name in self.targets:

@@ -25,7 +25,7 @@ from torch import nn
 
 from minitransformer import MiniTransformer
 
-from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .prompt_model import PromptConfig, PromptModel, check_choice, check_int, prepend_prompt
 from .soft_prompt import SoftPromptConfig, SoftPromptModel
 
 ENCODERS = ("MLP", "LSTM")
@@ -41,9 +41,12 @@ class PTuningConfig(PromptConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.encoder_reparameterization_type not in ENCODERS:
-            raise ValueError(f"encoder_reparameterization_type must be one of {ENCODERS}, "
-                             f"got {self.encoder_reparameterization_type!r}")
+        check_choice(self, "encoder_reparameterization_type", ENCODERS)
+        check_int(self, "encoder_hidden_size", 1, "pass the encoder's hidden width, e.g. encoder_hidden_size=64")
+        check_int(self, "encoder_num_layers", 1, "pass the LSTM's layer count, e.g. encoder_num_layers=2")
+        if not 0.0 <= self.encoder_dropout < 1.0:
+            raise ValueError(f"PTuningConfig.encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}; "
+                             "pass a dropout probability such as 0.0 or 0.1")
 
 
 class PromptEncoder(nn.Module):

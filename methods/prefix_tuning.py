@@ -32,7 +32,7 @@ from torch import nn
 
 from minitransformer import MiniTransformer, ModelConfig
 
-from .prompt_model import PromptConfig, PromptModel
+from .prompt_model import PromptConfig, PromptModel, check_int
 from .token_init import activations_of_tokens, sample_token_ids
 
 
@@ -41,6 +41,13 @@ class PrefixTuningConfig(PromptConfig):
     prefix_projection: bool = field(default=False, metadata={"help": "reparameterise the prefix with an MLP"})
     encoder_hidden_size: int = field(default=128, metadata={"help": "the MLP's hidden width"})
     seed: int = field(default=0, metadata={"help": "seed for the initialisation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.prefix_projection, bool):
+            raise ValueError(f"PrefixTuningConfig.prefix_projection must be True or False, "
+                             f"got {self.prefix_projection!r}")
+        check_int(self, "encoder_hidden_size", 1, "pass the MLP's hidden width, e.g. encoder_hidden_size=128")
 
 
 def split_prefix(vectors: torch.Tensor, c: ModelConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -43,13 +43,31 @@ from minitransformer import KVCache, MiniTransformer
 from minitransformer.validation import check_attention_mask, check_logits_to_keep, check_token_ids
 
 
+def check_int(config, name: str, minimum: int, fix: str) -> None:
+    """Refuse a config field that is not an integer >= `minimum`; `fix` tells the user what to pass.
+
+    Every config checks its fields as it is built, so a bad value stops the run at once,
+    with the field named, instead of meaning something else silently later.
+    """
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum}, got {value!r}; {fix}")
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    """Refuse a config field that is not one of `choices`."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {choices}, got {value!r}; "
+                         f"pass one of {', '.join(map(repr, choices))}")
+
+
 @dataclass
 class PromptConfig:
     num_virtual_tokens: int = field(default=16, metadata={"help": "P: how many virtual tokens the prompt has"})
 
     def __post_init__(self) -> None:
-        if self.num_virtual_tokens < 1:
-            raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+        check_int(self, "num_virtual_tokens", 1, "pass the prompt length P, e.g. num_virtual_tokens=16")
 
     def to_dict(self) -> dict:
         return asdict(self)

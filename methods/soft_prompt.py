@@ -26,7 +26,7 @@ from torch import nn
 
 from minitransformer import CharTokenizer, MiniTransformer
 
-from .prompt_model import PromptConfig, PromptModel, prepend_prompt
+from .prompt_model import PromptConfig, PromptModel, check_choice, prepend_prompt
 from .token_init import sample_token_ids
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
@@ -40,8 +40,7 @@ class SoftPromptConfig(PromptConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.prompt_tuning_init not in INITS:
-            raise ValueError(f"prompt_tuning_init must be one of {INITS}, got {self.prompt_tuning_init!r}")
+        check_choice(self, "prompt_tuning_init", INITS)
         if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
             raise ValueError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. the task name 'rev:'")
 

@@ -5,23 +5,33 @@ The loss is next-token cross-entropy on the answer characters of single examples
 task. Every `eval_every` steps the loop measures validation exact-match (greedy decoding
 of the whole answer); at the end, test exact-match. It returns everything needed to plot
 the run: the loss of every step and the validation curve.
+
+A run can stop and resume exactly. `train(model, cfg, stop_after=N)` stops after step N of
+the `cfg.steps`-step run; `result.state` (a `TrainState`) holds everything besides the
+model's parameters that step N+1 depends on: the optimizer's moments, the batch sampler's
+and torch's random states, the curves so far. `train(model, cfg, resume=state)` continues
+from there, and the parameters and losses are bitwise those of a run that never stopped
+(the learning rate follows the same cosine schedule over `cfg.steps`). A training
+checkpoint (`save_prompt(model, path, kind="training", state=result.state)`) carries both
+across processes.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from minitransformer import CharTokenizer, sample_inputs
-from minitransformer.data import IGNORE_INDEX, SPLIT_SEED, example_batch
+from minitransformer.data import IGNORE_INDEX, SPLIT_SEED, TASKS, example_batch
 from minitransformer.evaluate import exact_match
 from minitransformer.pretrain import cosine_lr, lm_loss
 
-from .prompt_model import PromptModel
+from .prompt_model import PromptModel, check_int
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -43,8 +53,52 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (GPUs with bf16 units)
 
     def __post_init__(self) -> None:
+        """Refuse, before any work, a config that would crash mid-run or silently train something else."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; pass one of {', '.join(sorted(TASKS))}")
+        check_number(self, "lr", "pass a positive learning rate, e.g. --lr 0.03", positive=True)
+        check_number(self, "weight_decay", "pass 0 for none, or a small positive value such as 0.01")
+        check_int(self, "steps", 1, "pass --steps 1 or more")
+        check_int(self, "warmup_steps", 0, "pass 0 for no warm-up, or the number of warm-up steps")
+        check_int(self, "eval_every", 1, "pass --eval-every 1 or more (validation every N steps)")
+        check_int(self, "n_train", 1, "pass the number of distinct training inputs, e.g. 4000")
+        check_int(self, "n_val", 1, "validation needs at least one input: pass n_val >= 1")
+        check_int(self, "n_test", 1, "the test needs at least one input: pass n_test >= 1")
+        check_int(self, "batch_size", 1, "pass --batch-size 1 or more")
+        if self.batch_size > self.n_train:  # a batch is drawn without replacement from the training inputs
+            raise ValueError(f"--batch-size {self.batch_size} is larger than the {self.n_train} training inputs "
+                             f"(n_train); pass --batch-size {self.n_train} or less, or raise n_train")
+
+
+def check_number(config, name: str, fix: str, positive: bool = False) -> None:
+    """Refuse a field that is not a finite number that is > 0 (`positive`) or >= 0."""
+    value = getattr(config, name)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and (value > 0 if positive else value >= 0)
+    if not ok:
+        need = "a finite number > 0" if positive else "a finite number >= 0"
+        raise ValueError(f"{type(config).__name__}.{name} must be {need}, got {value!r}; {fix}")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after `step` steps: everything, besides the model's own parameters,
+    that the next step depends on. `train(model, cfg, resume=state)` continues from it exactly."""
+
+    step: int  # steps done
+    config: dict  # asdict(TrainConfig) of the run: it resumes only under the same config (schedule, data)
+    param_names: list[str]  # the optimizer's parameters in order (its state is indexed by position)
+    optimizer: dict  # the AdamW state_dict: each parameter's moments and step count, the groups' settings
+    batch_rng: tuple  # random.Random.getstate() of the batch sampler: the next batches
+    torch_rng: torch.Tensor  # torch.get_rng_state(): dropout (e.g. an LSTM encoder's)
+    cuda_rng: torch.Tensor | None = None  # the same on the GPU, for a run there
+    loss: list[float] = field(default_factory=list)  # the curves so far
+    val_steps: list[int] = field(default_factory=list)
+    val_exact_match: list[float] = field(default_factory=list)
+    initial_val_exact_match: float = 0.0
+    seconds: float = 0.0  # training time so far
 
 
 @dataclass
@@ -52,16 +106,20 @@ class TrainResult:
     method: str
     trainable_params: int
     base_params: int
-    test_exact_match: float
+    test_exact_match: float | None  # None for a run stopped before its last step (stop_after)
     initial_val_exact_match: float
     seconds: float
     loss: list[float] = field(default_factory=list)  # one entry per step
     val_steps: list[int] = field(default_factory=list)
     val_exact_match: list[float] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    state: TrainState | None = field(default=None, repr=False, compare=False)  # to resume or checkpoint the run
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The numbers of the run, as JSON-ready values (the resumable state is left out)."""
+        values = asdict(replace(self, state=None))
+        del values["state"]
+        return values
 
 
 def answer_loss(model: PromptModel, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -71,15 +129,63 @@ def answer_loss(model: PromptModel, batch: tuple[torch.Tensor, ...]) -> torch.Te
     return lm_loss(model(input_ids, attention_mask, logits_to_keep=graded), labels[graded])  # (N, V) vs (N,)
 
 
+def trainable_parameters(model: PromptModel) -> dict[str, torch.nn.Parameter]:
+    """The method's own parameters that train, by name, in the optimizer's order."""
+    return {n: p for n, p in model.prompt_parameters().items() if p.requires_grad}
+
+
 def make_optimizer(model: PromptModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the method's own trainable parameters and nothing else: the base model
     cannot change even if one of its weights were left with `requires_grad` by mistake."""
-    params = [p for p in model.prompt_parameters().values() if p.requires_grad]
+    params = list(trainable_parameters(model).values())
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train `model`'s prompt parameters on `cfg.task`; return curves and test exact-match."""
+def capture_state(model: PromptModel, cfg: TrainConfig, step: int, optimizer: torch.optim.Optimizer,
+                  rng: random.Random, result: TrainResult) -> TrainState:
+    """The state after `step` steps (the optimizer's tensors are its own, not copies: the loop is done with them)."""
+    device = next(model.parameters()).device
+    return TrainState(step=step, config=asdict(cfg), param_names=list(trainable_parameters(model)),
+                      optimizer=optimizer.state_dict(), batch_rng=rng.getstate(), torch_rng=torch.get_rng_state(),
+                      cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                      loss=list(result.loss), val_steps=list(result.val_steps),
+                      val_exact_match=list(result.val_exact_match),
+                      initial_val_exact_match=result.initial_val_exact_match, seconds=result.seconds)
+
+
+def restore_state(model: PromptModel, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                  state: TrainState) -> random.Random:
+    """Put the optimizer and the random generators back where `state` left them; return the batch sampler.
+
+    Refused: a state of another config (the schedule and the data would differ) or of
+    another set of parameters (another method, or a collapsed prompt).
+    """
+    changed = {k: (v, asdict(cfg).get(k)) for k, v in state.config.items() if asdict(cfg).get(k) != v}
+    if changed:
+        raise ValueError(f"the run to resume was trained with another config: (saved, given) differ in {changed}; "
+                         "resume with the config the run started with")
+    names = list(trainable_parameters(model))
+    if names != state.param_names:
+        raise ValueError(f"the run to resume trained the parameters {state.param_names}, this model has {names}; "
+                         "resume on the model of a training checkpoint (load_prompt of a kind='training' file)")
+    optimizer.load_state_dict(state.optimizer)
+    rng = random.Random()
+    rng.setstate(state.batch_rng)
+    torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None:
+        torch.cuda.set_rng_state(state.cuda_rng, next(model.parameters()).device)
+    return rng
+
+
+def train(model: PromptModel, cfg: TrainConfig, progress: bool = True, resume: TrainState | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Train `model`'s prompt parameters on `cfg.task`; return curves and test exact-match.
+
+    `stop_after=N`: stop after step N of the cfg.steps-step run (no test: test_exact_match
+    stays None). `resume=state`: continue a stopped run from `state` (`result.state` of
+    the run that stopped, or `load_train_state` of its training checkpoint); `model` must
+    hold that run's parameters. Either way `result.state` holds the state at the end.
+    """
     tokenizer = CharTokenizer()
     # The split is fixed, whatever the run's seed: the base model was pretrained on the
     # train split of SPLIT_SEED, so another split could put pretraining inputs into "test".
@@ -88,22 +194,35 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
     test_inputs = sample_inputs(cfg.task, "test", cfg.n_test, SPLIT_SEED)
     optimizer = make_optimizer(model, cfg)
     params = optimizer.param_groups[0]["params"]
-    rng, device = random.Random(cfg.seed), next(model.parameters()).device
-    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    done = 0 if resume is None else resume.step
+    last = cfg.steps if stop_after is None else stop_after
+    if not (isinstance(last, int) and done <= last <= cfg.steps):
+        raise ValueError(f"stop_after must be a step in {done}..{cfg.steps} (steps done..cfg.steps), got {stop_after}")
 
     def validate() -> float:
         return exact_match(model, tokenizer, cfg.task, val_inputs, cfg.with_task_name)
 
     result = TrainResult(method=model.method_name, trainable_params=sum(p.numel() for p in params),
-                         base_params=model.base.num_parameters(), test_exact_match=0.0,
-                         initial_val_exact_match=validate(), seconds=0.0, config=asdict(cfg))
-    result.val_steps.append(0)
-    result.val_exact_match.append(result.initial_val_exact_match)
+                         base_params=model.base.num_parameters(), test_exact_match=None,
+                         initial_val_exact_match=0.0, seconds=0.0, config=asdict(cfg))
+    if resume is None:
+        rng = random.Random(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        result.initial_val_exact_match = validate()
+        result.val_steps.append(0)
+        result.val_exact_match.append(result.initial_val_exact_match)
+    else:
+        rng = restore_state(model, cfg, optimizer, resume)
+        result.initial_val_exact_match, result.seconds = resume.initial_val_exact_match, resume.seconds
+        result.loss, result.val_steps = list(resume.loss), list(resume.val_steps)
+        result.val_exact_match = list(resume.val_exact_match)
     start = time.time()
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     pending = []  # losses not yet copied to the host: reading one per step would stall a GPU
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"{model.method_name} on {cfg.task}", disable=not progress)
+    bar = tqdm(range(done + 1, last + 1), desc=f"{model.method_name} on {cfg.task}", disable=not progress,
+               initial=done, total=cfg.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step - 1, cfg.steps, cfg.lr, cfg.warmup_steps)
@@ -121,7 +240,11 @@ def train(model: PromptModel, cfg: TrainConfig, progress: bool = True) -> TrainR
             result.val_steps.append(step)
             result.val_exact_match.append(validate())  # exact_match evaluates in eval mode, then restores train
             bar.set_postfix(loss=f"{result.loss[-1]:.3f}", val_em=f"{result.val_exact_match[-1]:.2f}")
+    if pending:  # stopped between validations (stop_after)
+        result.loss.extend(torch.stack(pending).float().tolist())
     model.eval()
-    result.seconds = round(time.time() - start, 2)
-    result.test_exact_match = exact_match(model, tokenizer, cfg.task, test_inputs, cfg.with_task_name)
+    result.seconds = round(result.seconds + time.time() - start, 2)
+    result.state = capture_state(model, cfg, last, optimizer, rng, result)
+    if last == cfg.steps:
+        result.test_exact_match = exact_match(model, tokenizer, cfg.task, test_inputs, cfg.with_task_name)
     return result
