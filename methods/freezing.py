@@ -5,10 +5,14 @@ Three claims, each checked directly rather than assumed from `requires_grad` fla
 2. after a few optimizer steps, no base parameter holds a gradient, and every base
    tensor is bitwise identical to before;
 3. every prompt parameter changed (the prompt really is being trained).
+
+`loss_fn(model, batch)` is the loss to train on: by default the answer loss of generation;
+an understanding model (heads.py, its head counted with the prompt) passes `nlu_loss`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +46,9 @@ class FreezingReport:
         return "\n".join(lines)
 
 
-def check_freezing(model: PromptModel, batch: tuple[torch.Tensor, ...], steps: int = 3,
-                   lr: float = 1e-2) -> FreezingReport:
-    """Run `steps` AdamW steps on `batch` (input_ids, attention_mask, labels) and check the claims."""
+def check_freezing(model: PromptModel, batch: tuple[torch.Tensor, ...], steps: int = 3, lr: float = 1e-2,
+                   loss_fn: Callable[..., torch.Tensor] = answer_loss) -> FreezingReport:
+    """Run `steps` AdamW steps of `loss_fn` on `batch` (input_ids, attention_mask, labels) and check the claims."""
     prompt = model.prompt_parameters()
     prompt_ids = {id(p) for p in prompt.values()}
     outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in prompt_ids]
@@ -55,7 +59,7 @@ def check_freezing(model: PromptModel, batch: tuple[torch.Tensor, ...], steps: i
     base_with_grad = set()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        answer_loss(model, batch).backward()
+        loss_fn(model, batch).backward()
         base_with_grad |= {n for n, p in model.base.named_parameters() if p.grad is not None}
         optimizer.step()
 
