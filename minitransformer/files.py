@@ -53,7 +53,7 @@ def find_non_finite(value, where: str = "") -> str | None:
     else:
         return None
     for key, item in items:
-        found = find_non_finite(item, f"{where}[{key!r}]" if where else repr(key))
+        found = find_non_finite(item, f"{where}[{key!r}]")
         if found:
             return found
     return None
