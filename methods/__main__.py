@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = prepare_output_dir(args.out or fresh_run_dir("compare"), args.overwrite)
     except ValueError as error:
         parser.error(str(error))
+    print(f"results go to {out}", flush=True)
     settings = settings_from(args)
     report = {"complete": False, "settings": asdict(settings), "results": []}
 

@@ -1,15 +1,19 @@
 """Writing results so that nothing is lost: atomic writes, strict JSON, output folders checked first.
 
-Three rules every command of the project follows when it writes:
+Four rules every command of the project follows when it writes:
 - **atomic**: a file is written to a temporary file in the same folder, then renamed over
   its final name (`os.replace`, atomic on one file system). A crash mid-write leaves the
   old file or the new one, never half of each.
 - **strict JSON**: `NaN` and `Infinity` are not JSON; a result holding them is refused
   (`allow_nan=False`) with the offending key named, instead of writing a file other tools
   cannot read.
-- **checked before work**: `prepare_output_dir` runs before any training. An output path
-  that is a file, is not writable, or already holds results (unless the caller asked to
-  overwrite) stops the command at once, not after an hour of training.
+- **checked before work**: `prepare_output_dir` (a folder) and `check_output_file` (one
+  file) run before any training. An output path that is a file, is not writable, or
+  already holds results (unless the caller asked to overwrite) stops the command at once,
+  not after an hour of training.
+- **nothing replaced by default**: a command's default output is a new folder
+  (`fresh_run_dir`, e.g. `runs/compare-20250101-120000`), and the committed results and the
+  shipped base model are written only on an explicit request.
 """
 
 from __future__ import annotations
