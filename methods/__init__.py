@@ -11,15 +11,15 @@ from .freezing import FreezingReport, check_freezing
 from .full_finetune import FullFineTuneConfig, FullFineTuneModel
 from .p_tuning import PTuningConfig, PTuningModel
 from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
-from .prompt_io import load_prompt, save_prompt
+from .prompt_io import load_prompt, load_train_state, save_prompt
 from .prompt_model import PromptConfig, PromptModel
 from .serving import PromptRegistry
 from .soft_prompt import SoftPromptConfig, SoftPromptModel
-from .train import TrainConfig, TrainResult, train
+from .train import TrainConfig, TrainResult, TrainState, train
 
 __all__ = [
     "DeepPromptConfig", "DeepPromptModel", "FreezingReport", "FullFineTuneConfig", "FullFineTuneModel",
     "PTuningConfig", "PTuningModel", "PrefixTuningConfig", "PrefixTuningModel", "PromptConfig", "PromptModel",
-    "PromptRegistry", "SoftPromptConfig", "SoftPromptModel", "TrainConfig", "TrainResult", "check_freezing",
-    "load_prompt", "save_prompt", "train",
+    "PromptRegistry", "SoftPromptConfig", "SoftPromptModel", "TrainConfig", "TrainResult", "TrainState",
+    "check_freezing", "load_prompt", "load_train_state", "save_prompt", "train",
 ]

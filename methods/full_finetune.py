@@ -5,6 +5,12 @@ so prompt methods can keep using it). It has the same interface as the prompt me
 so the training loop, evaluation and generation treat it the same way; the question
 each prompt method answers is how close it gets to this with a tiny fraction of the
 trainable parameters.
+
+Saving: a full fine-tune is a new base model, not a prompt, so it is saved as a base
+checkpoint, hash and all, and `save_prompt` refuses it, naming this:
+
+    save_checkpoint(model.base, directory)                  # the trained copy
+    model = FullFineTuneModel(load_checkpoint(directory))   # the same logits
 """
 
 from __future__ import annotations

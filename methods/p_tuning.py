@@ -89,13 +89,17 @@ class PTuningModel(PromptModel):
         prompt = state if first_call else None  # (B|1, P, C), injected exactly like a soft prompt
         return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)
 
-    @torch.no_grad()
     def to_soft_prompt(self) -> SoftPromptModel:
         """Fold the encoder away: a soft prompt holding the encoder's output, same logits (§3.2).
 
         The encoder is a training device; for inference and storage only its (P, C) output
         matters: 2,048 numbers instead of the encoder's tens or hundreds of thousands.
+        (`save_prompt`'s serving checkpoint of a P-tuning model is this soft prompt.)
         """
-        soft = SoftPromptModel(self.base, SoftPromptConfig(self.config.num_virtual_tokens, seed=self.config.seed))
-        soft.prompt.copy_(self.prompt_encoder()[0])
+        # Computed as the forward pass computes it, with autograd on: an LSTM's no-grad kernels
+        # round differently (by ~1e-8), and the soft prompt should be the very numbers trained.
+        prompt = self.prompt_encoder()[0].detach()  # (P, C)
+        with torch.no_grad():
+            soft = SoftPromptModel(self.base, SoftPromptConfig(self.config.num_virtual_tokens, seed=self.config.seed))
+            soft.prompt.copy_(prompt)
         return soft.eval()

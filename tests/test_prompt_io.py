@@ -24,6 +24,7 @@ from methods import (
     load_prompt,
     save_prompt,
 )
+from minitransformer.checkpoint import tensors_sha256
 
 P = 4
 
@@ -74,12 +75,14 @@ def test_loading_never_unpickles(small_model, tmp_path, monkeypatch):
 
 
 def rewrite(path, out, metadata=None, tensor=None):
-    """A copy of a prompt file with its header or tensor changed."""
+    """A copy of a prompt file with its header or tensor changed (and the hash of the new tensors
+    recorded, as a writer of such a file would: each check below is reached, not the hash's)."""
     with safe_open(str(path), framework="pt") as f:
         header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     header.update(metadata or {})
     if tensor is not None:
         tensors = {k: tensor(t) for k, t in tensors.items()}
+        header["tensors_sha256"] = tensors_sha256(tensors)
     save_file(tensors, out, metadata=header)
     return out
 
