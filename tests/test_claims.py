@@ -303,9 +303,9 @@ def test_the_loss_is_cross_entropy_over_the_graded_labels_only(name, small_model
 
 
 def test_the_loss_reads_graded_labels_and_nothing_else(small_model):
-    """Changing a graded label changes the loss; ungrading a label removes exactly that position; changing
-    the input after the last graded position (which no graded logit can see) changes nothing.
-    Planted: answer_loss taking its targets from input_ids shifted by one instead of labels."""
+    """Changing a graded label changes the loss; ungrading a label removes exactly that position; the ids
+    at padding positions change nothing.
+    Planted: answer_loss taking its targets from input_ids shifted by one instead of from labels."""
     model = METHOD_FACTORIES["soft_prompt"](small_model)
     ids, mask, labels = batch()
     loss = answer_loss(model, (ids, mask, labels))
@@ -319,13 +319,14 @@ def test_the_loss_reads_graded_labels_and_nothing_else(small_model):
                                graded_cross_entropy(model, ids, mask, ungraded), rtol=0, atol=1e-6)
     assert not torch.allclose(answer_loss(model, (ids, mask, ungraded)), loss)
     padded = ids.clone()
-    padded[mask == 0] = 7  # the padding's ids: after every graded position, so no graded logit sees them
+    padded[mask == 0] = 7  # the padding's ids (right padding: after every graded position)
     torch.testing.assert_close(answer_loss(model, (padded, mask, labels)), loss, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_the_optimizer_holds_exactly_the_methods_parameters(name, small_model):
-    """Planted: make_optimizer over `model.parameters()`, and over all but one prompt parameter."""
+    """Planted: make_optimizer over every parameter with requires_grad (`model.parameters()`), and over all
+    but the last prompt parameter."""
     model = ALL_METHODS[name](small_model)
     model.base.ln_f.weight.requires_grad_(True)  # a base weight left trainable by mistake stays out
     optimizer = make_optimizer(model, TrainConfig())
