@@ -108,15 +108,17 @@ class PromptRegistry:
         return torch.cat([states[n] for n in names], dim=0)  # (B, ...)
 
     def forward(self, names: Sequence[str], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for the real tokens, row b prompted by task `names[b]`."""
+                kv_cache: KVCache | None = None, logits_to_keep: int | torch.Tensor | None = None,
+                hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for the real tokens, row b prompted by task `names[b]` (`hidden=True`: the
+        final hidden states (B, T, C) instead, for task heads: nlu_serving.py)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (B, T) tensor of token ids")
         models = self.models_for(names, input_ids.shape[0])
         state = None
         if models[0].needs_state(is_first_call(kv_cache)):  # a prefix goes in on every step: made once
             state = kept_with_cache(kv_cache, "stacked_state", lambda: self.stacked_state(names, models))
-        return models[0].forward_with(state, input_ids, attention_mask, kv_cache, logits_to_keep)
+        return models[0].forward_with(state, input_ids, attention_mask, kv_cache, logits_to_keep, hidden)
 
     def bind(self, names: Sequence[str]) -> BoundPrompts:
         """A model-like callable for this row layout, e.g. for `minitransformer.generate`."""
