@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from torch import nn
+
 from minitransformer import MiniTransformer
 
 from .prompt_model import PromptModel
@@ -39,6 +41,12 @@ class FullFineTuneModel(PromptModel):
         copied = copy.deepcopy(base)
         super().__init__(copied, config or FullFineTuneConfig())
         copied.requires_grad_(True)  # unfreeze the copy: every weight trains
+
+    def train(self, mode: bool = True) -> FullFineTuneModel:
+        # Unlike a prompt method's frozen base, the copy here *is* the model being trained:
+        # its dropout follows the mode, as in any fine-tuning (PromptModel.train keeps a base in eval).
+        nn.Module.train(self, mode)
+        return self
 
     def state_for_call(self, kv_cache) -> None:
         return None  # no prompt: the weights themselves were trained

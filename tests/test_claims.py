@@ -74,8 +74,6 @@ def test_prompt_training_keeps_the_base_in_eval_mode(name, dropout_base):
     assert torch.equal(first, evaluated)
 
 
-@pytest.mark.xfail(strict=True, reason="FullFineTuneModel inherits PromptModel.train, which keeps the base in eval "
-                   "mode: the copy it fine-tunes never uses its dropout (methods/full_finetune.py)")
 def test_full_fine_tuning_does_train_its_copy_with_dropout(dropout_base):
     """The exception: full fine-tuning trains its copied base itself, so there train mode should turn
     dropout on (it is an ordinary model being fine-tuned); it is left out of the test above."""

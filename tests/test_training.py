@@ -29,7 +29,7 @@ def test_a_soft_prompt_recovers_a_task_whose_name_was_removed(base_model):
 
 
 def test_task_name_initialisation_starts_above_random(base_model):
-    cfg = TrainConfig(task="rev", with_task_name=False, steps=1, lr=0.0, eval_every=1, n_val=100, n_test=20)
+    cfg = TrainConfig(task="rev", with_task_name=False, steps=1, lr=1e-9, eval_every=1, n_val=100, n_test=20)
     starts = {}
     for init, text in [("RANDOM", None), ("TEXT", task_name_text("rev", 16))]:
         model = SoftPromptModel(base_model, SoftPromptConfig(16, init, text))
