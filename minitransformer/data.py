@@ -10,11 +10,15 @@ never seen.
 - Held-out tasks (never seen in pretraining; prompt methods adapt the frozen model to
   them): sort descending, reverse-then-shift, rotate left by one.
 
-Pretraining uses **packed rows**: examples back to back, `rev:abc=cba.srt:dcb=bcd.…`,
-filling the whole context, as real language models are trained on packed text. The model
-then meets every task at every position. Trained on one example per row starting at
-position 0 instead, it fails once a prompt shifts the input to the right (see
-`../shared/CALIBRATION.md`: 1% vs 100% for a recovered task).
+Pretraining uses **packed rows** (`PackedTaskStream`): examples back to back,
+`rev:abc=cba.srt:dcb=bcd.…`, filling the whole context, as real language models are
+trained on packed text. The model then meets every task at every position. The
+alternative, one example per row always starting at position 0 (`OneExampleStream`),
+shows the model inputs only at the first ~20 positions, and a prompt of P vectors in
+front moves every real token P positions to the right. The `packing` experiment
+(`python -m experiments packing`) pretrains a base model on each stream and measures
+both: each base's accuracy with its input shifted, and what a soft prompt recovers on
+each; see experiments/results/packing.
 
 Splits are deterministic: an input's split (train / validation / test) is a hash of
 SPLIT_SEED and the input string, so the three never share an input, for any task, and
@@ -163,6 +167,14 @@ class PackedTaskStream:
         answer = self.tokenizer.encode(get_task(task).solve(x) + ".")
         return prompt + answer, [False] * len(prompt) + [True] * len(answer)
 
+    def _padded(self, ids: list[int], is_answer: list[bool]) -> tuple[list[int], list[int]]:
+        """Pad to row_len + 1 tokens, then split into inputs (row_len) and next-token labels (row_len)."""
+        pad = self.row_len + 1 - len(ids)
+        ids = ids + [self.tokenizer.pad_id] * pad
+        is_answer = is_answer + [False] * pad
+        labels = [t if a else IGNORE_INDEX for t, a in zip(ids[1:], is_answer[1:])]
+        return ids[:-1], labels
+
     def row(self) -> tuple[list[int], list[int]]:
         """One packed row: token ids (row_len) and labels (row_len)."""
         ids, is_answer = [], []
@@ -172,13 +184,24 @@ class PackedTaskStream:
                 break
             ids += example
             is_answer += answer_mask
-        pad = self.row_len + 1 - len(ids)
-        ids += [self.tokenizer.pad_id] * pad
-        is_answer += [False] * pad
-        labels = [t if a else IGNORE_INDEX for t, a in zip(ids[1:], is_answer[1:])]
-        return ids[:-1], labels
+        return self._padded(ids, is_answer)
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids (B, row_len) and labels (B, row_len)."""
         rows = [self.row() for _ in range(batch_size)]
         return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
+class OneExampleStream(PackedTaskStream):
+    """Like `PackedTaskStream`, but one example per row, at position 0, padded: `rev:abc=cba.<pad>…`.
+
+    The naive way to pretrain on examples, kept as the contrast to packing: the model reads an
+    input only at positions 0 to ~20 and never after another example. Same interface, the same
+    labels (answers and the closing `.`, IGNORE_INDEX elsewhere) and shapes (B, row_len) as the
+    packed stream, so `pretrain(..., stream=OneExampleStream(...))` changes only the layout.
+    The `packing` experiment compares the two.
+    """
+
+    def row(self) -> tuple[list[int], list[int]]:
+        """One example, padded: token ids (row_len) and labels (row_len)."""
+        return self._padded(*self._example())

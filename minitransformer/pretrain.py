@@ -66,8 +66,12 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain(model_config: ModelConfig, cfg: PretrainConfig, tasks=PRETRAIN_TASKS,
-             progress: bool = True, device: str = "cpu") -> tuple[MiniTransformer, dict]:
+             progress: bool = True, device: str = "cpu", stream=None) -> tuple[MiniTransformer, dict]:
     """Train a fresh model; return it (on the CPU) with its history {"step": [...], "loss": [...]}.
+
+    `stream` gives the training rows (anything with `batch(batch_size)` -> input_ids, labels,
+    each (B, T)); None is the shipped recipe, `PackedTaskStream` of `tasks` seeded by
+    `cfg.seed`. The `packing` experiment passes a `data.OneExampleStream` instead.
 
     The loss is checked at every logged step: once it is NaN or infinite, every later step
     is too (the weights become NaN), so the run stops at once with a ValueError instead of
@@ -78,7 +82,8 @@ def pretrain(model_config: ModelConfig, cfg: PretrainConfig, tasks=PRETRAIN_TASK
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"vocab_size {model_config.vocab_size} != tokenizer's {tokenizer.vocab_size}")
     model = MiniTransformer(model_config).to(device).train()
-    stream = PackedTaskStream(tokenizer, tasks, row_len=model_config.block_size, seed=cfg.seed)
+    if stream is None:
+        stream = PackedTaskStream(tokenizer, tasks, row_len=model_config.block_size, seed=cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

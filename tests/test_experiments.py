@@ -7,7 +7,12 @@ import json
 import pytest
 import torch
 
+from experiments import packing
 from experiments.__main__ import EXPERIMENTS, main
+from experiments.common import Context
+from minitransformer import CharTokenizer, load_checkpoint, sample_inputs
+from minitransformer.data import IGNORE_INDEX, PRETRAIN_TASKS, TASKS, OneExampleStream
+from minitransformer.evaluate import exact_match
 
 
 @pytest.fixture
@@ -38,6 +43,47 @@ def test_the_cli_writes_results_json_and_a_figure(tmp_path, one_thread):
 
 def test_every_experiment_is_registered_with_a_paper_and_a_quick_config():
     assert set(EXPERIMENTS) == {"prompt_length", "initialisation", "reparameterisation", "depth", "scale",
-                                "hard_vs_soft"}
+                                "hard_vs_soft", "packing"}
     for module in EXPERIMENTS.values():
         assert module.PAPER and module.__doc__ and module.QUICK != module.Config()
+
+
+def test_one_example_rows_start_at_position_0_and_label_only_the_answer():
+    tokenizer = CharTokenizer()
+    ids, labels = OneExampleStream(tokenizer, row_len=32, seed=0).batch(8)  # (B, T) each
+    assert ids.shape == labels.shape == (8, 32)
+    for row, row_labels in zip(ids, labels):
+        text = tokenizer.decode(row[row != tokenizer.pad_id])
+        name, rest = text.split(":")
+        x, answer = rest.split("=")
+        assert name in PRETRAIN_TASKS and answer == TASKS[name].solve(x) + ".", "one whole example at position 0"
+        assert bool((row[len(text):] == tokenizer.pad_id).all()), "then only padding"
+        graded = row_labels[row_labels != IGNORE_INDEX].tolist()
+        assert graded == tokenizer.encode(answer), "labels: the answer and its '.', nothing else"
+
+
+def test_the_teacher_forced_shift_measure_at_shift_0_is_greedy_exact_match():
+    model, tokenizer = load_checkpoint(), CharTokenizer()
+    for task in ("srt", "dsc", "rol"):  # the shipped base is right on some of these inputs and wrong on others
+        inputs = sample_inputs(task, "test", 100)
+        greedy = exact_match(model, tokenizer, task, inputs)
+        assert packing.shifted_exact_match(model, task, inputs, 0, "none") == pytest.approx(greedy, abs=1e-6)
+        assert packing.shifted_exact_match(model, task, inputs, 0, "examples") == pytest.approx(greedy, abs=1e-6)
+
+
+def test_packing_quick_run_pretrains_both_bases_trains_on_each_and_plots(tmp_path, one_thread):
+    ctx = Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache"))
+    report = packing.run(ctx)
+    cfg = packing.QUICK
+    assert [b["stream"] for b in report["bases"]] == list(packing.STREAMS)
+    for base in report["bases"]:
+        assert base["source"].startswith("pretrained here") and set(base["test_exact_match"]) == set(TASKS)
+        assert all(len(v) == len(cfg.shifts) for v in base["rev_shifted_exact_match"].values())
+    per_base = len(cfg.inits) + len(cfg.heldout_methods)
+    assert len(report["runs"]) == 2 * per_base and len(report["summary"]) == 2 * per_base
+    for value in report["summary"].values():
+        assert {"mean", "min", "max", "values"} <= set(value) and value["n"] == 1
+    packing.plot(report, tmp_path / "packing.png")
+    assert (tmp_path / "packing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = packing.run(ctx)  # the bases are found in the cache, and so are the runs
+    assert {b["source"] for b in again["bases"]} == {"cached"} and all(r["from_cache"] for r in again["runs"])
