@@ -25,7 +25,6 @@ from torch import nn
 
 from minitransformer import CharTokenizer
 
-from .lora import LoRAModel
 from .nlu_tasks import CLASSIFICATION, get_nlu_task
 from .prompt_model import PromptModel
 
@@ -89,11 +88,7 @@ def last_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 def final_hidden_states(model: PromptModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                         keep: torch.Tensor | None) -> torch.Tensor:
     """The prompted base's final hidden states at the real tokens, (B, T, C), or (N, C) where `keep` is True."""
-    if isinstance(model, LoRAModel):  # LoRA runs the base inside its own forward (lora.py): the same, headless
-        attention_mask = model.check_inputs(input_ids, attention_mask, None)
-        with model.low_rank_updates(model.factors_for_call(None)):
-            return model.base.hidden_states(input_ids, attention_mask=attention_mask, logits_to_keep=keep)
-    return model.hidden_states(input_ids, attention_mask, keep)
+    return model.hidden_states(input_ids, attention_mask, keep)  # each method injects its own way (LoRA: lora.py)
 
 
 class NLUModel(nn.Module):

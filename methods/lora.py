@@ -143,3 +143,10 @@ class LoRAModel(PromptModel):
         with self.low_rank_updates(self.factors_for_call(kv_cache)):
             return self.base(input_ids, attention_mask=attention_mask, kv_cache=kv_cache,
                              logits_to_keep=logits_to_keep)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The adapted base's final hidden states (what a task head reads, heads.py), as in `forward`."""
+        attention_mask = self.check_inputs(input_ids, attention_mask, None)
+        with self.low_rank_updates(self.factors_for_call(None)):
+            return self.base.hidden_states(input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
