@@ -36,11 +36,11 @@ from minitransformer import DEFAULT_CHECKPOINT
 from minitransformer.cli import device_arg, positive_int
 from minitransformer.files import fresh_run_dir, is_within, prepare_output_dir, write_json
 
-from . import depth, hard_vs_soft, initialisation, packing, prompt_length, reparameterisation, scale
+from . import depth, hard_vs_soft, initialisation, nlu, packing, prompt_length, reparameterisation, scale
 from .common import Context, checkpoint_fingerprint, code_version
 
 EXPERIMENTS = {m.NAME: m for m in (prompt_length, initialisation, reparameterisation, depth, scale, hard_vs_soft,
-                                   packing)}
+                                   packing, nlu)}
 COMMITTED_RESULTS = Path(__file__).parent / "results"  # what the READMEs show
 
 

@@ -29,13 +29,13 @@ PAPER = "Liu et al. 2022, P-tuning v2 §4.2-4.3 (classification and sequence lab
 
 @dataclass(frozen=True)
 class Config:
-    sizes: tuple[tuple[int, int, int], ...] = ScaleConfig.sizes[1:]  # (C, L, H): the shipped size among them
+    sizes: tuple[tuple[int, int, int], ...] = ScaleConfig.sizes[:3]  # (C, L, H): the 3 smallest, the shipped one last
     pretrain_steps: int = ScaleConfig.pretrain_steps
     pretrain_batch_size: int = ScaleConfig.pretrain_batch_size
     methods: tuple[str, ...] = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "lora",
                                 "full_finetune")
     heads: tuple[str, ...] = ("verbalizer", "linear")
-    tasks: tuple[tuple[str, int], ...] = (("pal", 1000), ("rep", 1000))  # (task, training steps)
+    tasks: tuple[tuple[str, int], ...] = (("pal", 800), ("rep", 800))  # (task, training steps)
     prompt_len: int = 16
     head_lr: float = HEAD_LR
 

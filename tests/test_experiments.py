@@ -43,7 +43,7 @@ def test_the_cli_writes_results_json_and_a_figure(tmp_path, one_thread):
 
 def test_every_experiment_is_registered_with_a_paper_and_a_quick_config():
     assert set(EXPERIMENTS) == {"prompt_length", "initialisation", "reparameterisation", "depth", "scale",
-                                "hard_vs_soft", "packing"}
+                                "hard_vs_soft", "packing", "nlu"}
     for module in EXPERIMENTS.values():
         assert module.PAPER and module.__doc__ and module.QUICK != module.Config()
 
