@@ -4,9 +4,12 @@
     python -m methods --quick                           # a smoke run, under a minute
     python -m methods --task rev --methods soft_prompt --init TEXT --prompt-len 16
     python -m methods --out experiments/results/compare_default --overwrite   # regenerate the committed run
+    python -m methods --task rep --head linear          # tagging: every method with a linear head (span F1)
+    python -m methods --task pal --head verbalizer      # classification, read off the frozen LM head (accuracy)
 
-Prints one table (method, trainable parameters, % of the base model, test exact-match,
-wall seconds) and writes to --out: results.json, curves.png (loss and validation
+Prints one table (method, trainable parameters, % of the base model, test exact-match, or
+for the understanding tasks of methods/nlu_tasks.py accuracy or span F1 beside the trivial
+baseline, wall seconds) and writes to --out: results.json, curves.png (loss and validation
 exact-match of every method on shared axes), params_vs_accuracy.png (log x axis).
 
 Nothing is lost and nothing is replaced by accident:
@@ -32,6 +35,8 @@ from minitransformer.cli import device_arg, positive_float, positive_int
 from minitransformer.files import fresh_run_dir, prepare_output_dir, write_json
 
 from .compare import DEFAULT_METHODS, METHODS, RunSettings, compare, format_table
+from .heads import HEADS
+from .nlu_tasks import NLU_TASKS
 from .plots import plot_curves, plot_params_vs_accuracy
 from .soft_prompt import INITS
 from .train import TrainConfig, TrainResult
@@ -50,7 +55,12 @@ def method_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="dsc", choices=sorted(TASKS), help="task to adapt to (default: dsc)")
+    parser.add_argument("--task", default="dsc", choices=sorted(TASKS) + sorted(NLU_TASKS),
+                        help="task to adapt to (default: dsc); pal (classification) and rep (tagging) train with "
+                        "a task head, see --head")
+    parser.add_argument("--head", default=None, choices=HEADS, help="for pal/rep: read the answer with a linear "
+                        "head on the final hidden states (default, P-tuning v2) or the verbalizer (label words "
+                        "scored by the frozen LM head, P-tuning v1 / Lester et al.)")
     parser.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                         help=f"comma-separated, from: {', '.join(METHODS)}")
     parser.add_argument("--prompt-len", type=positive_int, default=16, help="virtual tokens P (default 16)")
@@ -82,6 +92,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.batch_size is not None and args.batch_size > n_train:
         parser.error(f"--batch-size {args.batch_size} is larger than the {n_train} training inputs a batch is "
                      f"drawn from; pass --batch-size {n_train} or less")
+    if args.head is not None and args.task not in NLU_TASKS:
+        parser.error(f"--head reads the answer of an understanding task ({', '.join(sorted(NLU_TASKS))}); "
+                     f"task {args.task} is generation: drop --head")
+    if args.task in NLU_TASKS and args.init == "TEXT" and not args.init_text:
+        parser.error(f"--init TEXT for {args.task} needs --init-text (the default text is a demonstration of a "
+                     "generation task)")
     try:
         read_config(args.checkpoint)
     except ValueError as error:
@@ -99,7 +115,7 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
     quick = {"steps": 30, "batch_size": 32, "n_val": 50, "n_test": 100, "eval_every": 10} if args.quick else {}
     settings = RunSettings(task=args.task, prompt_len=args.prompt_len, lr=args.lr, seed=args.seed, init=args.init,
                            init_text=args.init_text, with_task_name=args.with_task_name, device=args.device,
-                           precision=args.precision, **quick)
+                           precision=args.precision, head=args.head or "linear", **quick)
     if args.steps is not None:
         settings.steps = args.steps
     if args.batch_size is not None:
@@ -138,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{out / 'results.json'} (marked \"complete\": false)", file=sys.stderr)
         raise
     report["complete"] = True
-    title = f"task {settings.task}, P={settings.prompt_len}, {settings.steps} steps, seed {settings.seed}"
+    head = f", {settings.head} head" if settings.task in NLU_TASKS else ""
+    title = f"task {settings.task}{head}, P={settings.prompt_len}, {settings.steps} steps, seed {settings.seed}"
     print(f"\n{title}\n{format_table(results)}\n", flush=True)  # first: a failed write below loses no numbers
     write_json(out / "results.json", report)
     plot_curves(results, out / "curves.png", title)

@@ -20,6 +20,7 @@ from minitransformer import MiniTransformer, format_example, load_checkpoint, sa
 from .deep_prompt import DeepPromptConfig, DeepPromptModel
 from .full_finetune import FullFineTuneModel
 from .lora import LoRAConfig, LoRAModel
+from .nlu_tasks import NLU_TASKS
 from .p_tuning import PTuningConfig, PTuningModel
 from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
 from .prompt_model import PromptModel
@@ -43,6 +44,7 @@ class RunSettings:
     eval_every: int = 100
     device: str = "cpu"
     precision: str = "fp32"  # or "bf16" autocast
+    head: str = "linear"  # an understanding task (nlu_tasks.py): "linear" head or "verbalizer"; else unused
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ DEFAULT_METHODS = ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm", "deep_prompt"
 
 
 def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool = True) -> TrainResult:
+    if s.task in NLU_TASKS:  # classification or tagging: the method trains with a task head (train_nlu.py)
+        from .train_nlu import run_nlu_method  # (train_nlu builds its methods from METHODS below)
+        return run_nlu_method(base, name, s, s.task, s.head, progress=progress)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     spec = METHODS[name]
@@ -122,9 +127,17 @@ def compare(methods=DEFAULT_METHODS, settings: RunSettings | None = None, checkp
     return results
 
 
+METRIC_NAMES = {"exact_match": "test EM", "accuracy": "test acc", "span_f1": "test F1"}
+
+
 def format_table(results: list[TrainResult]) -> str:
-    lines = [f"{'method':<20} {'trainable':>10} {'% of base':>9} {'test EM':>8} {'seconds':>8}", "-" * 59]
+    """One line per method: trainable parameters, their share of the base, the test score, wall seconds."""
+    metric = METRIC_NAMES[results[0].metric] if results else "test EM"
+    lines = [f"{'method':<20} {'trainable':>10} {'% of base':>9} {metric:>8} {'seconds':>8}", "-" * 59]
     for r in results:
         lines.append(f"{r.method:<20} {r.trainable_params:>10,} {100 * r.trainable_params / r.base_params:>8.2f}% "
-                     f"{r.test_exact_match:>8.1%} {r.seconds:>8.1f}")
+                     f"{r.test_score:>8.1%} {r.seconds:>8.1f}")
+    baseline = getattr(results[-1], "baseline", None) if results else None
+    if baseline is not None:  # an understanding task: what a trivial rule scores (nlu_tasks.baseline)
+        lines.append(f"{'trivial baseline':<20} {'':>10} {'':>9} {baseline:>8.1%}")
     return "\n".join(lines)

@@ -15,6 +15,13 @@ from minitransformer.files import save_figure
 
 from .train import TrainResult
 
+METRIC_LABELS = {"exact_match": "exact-match", "accuracy": "accuracy", "span_f1": "span F1"}
+
+
+def metric_label(results: list[TrainResult]) -> str:
+    """What the scores are: exact-match (generation), accuracy or span F1 (understanding tasks)."""
+    return METRIC_LABELS[results[0].metric] if results else "exact-match"
+
 
 def smooth(values: list[float], window: int = 20) -> np.ndarray:
     """Moving average, so per-batch noise does not hide the trend."""
@@ -27,9 +34,10 @@ def plot_curves(results: list[TrainResult], path: str | Path, title: str = "") -
     for r in results:
         loss = smooth(r.loss)
         ax_loss.plot(np.arange(len(loss)) + (len(r.loss) - len(loss)) + 1, loss, label=r.method)
-        ax_em.plot(r.val_steps, r.val_exact_match, marker="o", markersize=3, label=r.method)
+        ax_em.plot(r.val_steps, r.val_score, marker="o", markersize=3, label=r.method)
+    metric = metric_label(results)
     ax_loss.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log", title="loss")
-    ax_em.set(xlabel="step", ylabel="validation exact-match", ylim=(-0.02, 1.02), title="validation exact-match")
+    ax_em.set(xlabel="step", ylabel=f"validation {metric}", ylim=(-0.02, 1.02), title=f"validation {metric}")
     for ax in (ax_loss, ax_em):
         ax.grid(alpha=0.3)
     ax_em.legend(loc="lower right", fontsize=8)
@@ -44,10 +52,10 @@ def plot_curves(results: list[TrainResult], path: str | Path, title: str = "") -
 def plot_params_vs_accuracy(results: list[TrainResult], path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
-        ax.scatter(r.trainable_params, r.test_exact_match, s=50)
-        ax.annotate(r.method, (r.trainable_params, r.test_exact_match), textcoords="offset points",
+        ax.scatter(r.trainable_params, r.test_score, s=50)
+        ax.annotate(r.method, (r.trainable_params, r.test_score), textcoords="offset points",
                     xytext=(5, 5), fontsize=8)
-    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test exact-match",
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"test {metric_label(results)}",
            ylim=(-0.02, 1.08), title=title or "accuracy vs trainable parameters")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

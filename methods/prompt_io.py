@@ -45,6 +45,7 @@ from minitransformer.checkpoint import HASH_KEY, first_non_finite, tensors_sha25
 from minitransformer.files import atomic_write, to_json
 
 from .full_finetune import FullFineTuneModel
+from .heads import NLUModel, head_from_config
 from .p_tuning import PTuningModel
 from .prefix_tuning import PrefixTuningModel
 from .prompt_model import PromptModel
@@ -56,13 +57,21 @@ REQUIRED = ("method", "config", "base_fingerprint")  # header entries every prom
 
 
 # -- saving ----------------------------------------------------------------------------------
-def save_prompt(model: PromptModel, path: str | Path, kind: str = "serving", state: TrainState | None = None) -> Path:
+def save_prompt(model: PromptModel | NLUModel, path: str | Path, kind: str = "serving",
+                state: TrainState | None = None) -> Path:
     """Write `model`'s prompt to `path` (atomically): a serving checkpoint, or a training one with `state`.
 
     kind="serving": the collapsed prompt inference needs. kind="training": every trainable
     tensor plus `state` (`result.state` of `train(...)`), so the run can resume exactly.
+    A method with a task head (heads.NLUModel) keeps the head's tensors (`head.*`) beside the
+    prompt's, and the header says which head for which task: the hash and the base
+    fingerprint cover both.
     """
     path = Path(path)
+    nlu, model = (model, model.model) if isinstance(model, NLUModel) else (None, model)
+    if nlu is not None and kind == "training":
+        raise ValueError("resuming the training of a method with a task head is not supported: train_nlu keeps "
+                         "no TrainState; save it with kind='serving' (prompt and head, for inference)")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}; 'serving' for inference, "
                          "'training' to resume training later")
@@ -79,6 +88,9 @@ def save_prompt(model: PromptModel, path: str | Path, kind: str = "serving", sta
         state_tensors, state_header = encode_state(model, state)
         tensors.update(state_tensors)
         header["train_state"] = state_header
+    if nlu is not None:
+        tensors.update(nlu.head_state_dict())  # `head.*`: never a method's own name
+        header["head"] = json.dumps(nlu.head_config())
     tensors = {n: t.detach().contiguous().cpu() for n, t in tensors.items()}
     bad = first_non_finite(tensors)
     if bad is not None:
@@ -164,12 +176,13 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.
     return metadata, tensors
 
 
-def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = None) -> PromptModel:
+def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = None) -> PromptModel | NLUModel:
     """Rebuild a prompt model on `base` from a saved prompt; `method` (optional) must match.
 
     A serving file gives the collapsed model (a P-tuning prompt comes back as the soft prompt
     it folds into; `method="p_tuning"` accepts it); a training file gives the model with
-    every trainable tensor (the prefix MLP, the P-tuning encoder), ready to resume.
+    every trainable tensor (the prefix MLP, the P-tuning encoder), ready to resume. A file
+    saved with a task head gives the method with its head (an `NLUModel`).
     """
     metadata, tensors = read_prompt_file(path)
     saved_method = metadata["method"]
@@ -186,14 +199,24 @@ def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = No
                          "or was written by another version") from error
     model = cls(base, config)
     own = model.prompt_state_dict()
-    saved = {n: t for n, t in tensors.items() if "/" not in n}  # the method's own (not optimizer/..., rng/...)
+    saved = {n: t for n, t in tensors.items()  # the method's own (not optimizer/..., rng/..., head.*)
+             if "/" not in n and not n.startswith("head.")}
     if set(own) != set(saved) or any(own[n].shape != t.shape for n, t in saved.items()):
         raise ValueError(f"the tensors in {path} ({ {n: tuple(t.shape) for n, t in saved.items()} }) do not fit "
                          f"a {saved_method} model with that config ({ {n: tuple(t.shape) for n, t in own.items()} })")
     with torch.no_grad():
         for name, p in model.prompt_parameters().items():
             p.copy_(saved[name])
-    return model.to(base.wte.weight.device).eval()  # parameters made outside the base start on the CPU
+    model = model.to(base.wte.weight.device).eval()  # parameters made outside the base start on the CPU
+    if "head" not in metadata:
+        return model
+    try:
+        nlu = head_from_config(model, json.loads(metadata["head"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the task head described in {path} is not valid ({error}); the file is damaged "
+                         "or was written by another version") from error
+    nlu.load_head_state(tensors)
+    return nlu.eval()
 
 
 def check_base(base: MiniTransformer, metadata: dict[str, str], path: str | Path) -> None:

@@ -115,6 +115,17 @@ class TrainResult:
     config: dict = field(default_factory=dict)
     state: TrainState | None = field(default=None, repr=False, compare=False)  # to resume or checkpoint the run
 
+    # The names a table or plot of any task reads (an understanding task's NLUResult has the same):
+    metric = "exact_match"
+
+    @property
+    def test_score(self) -> float | None:
+        return self.test_exact_match
+
+    @property
+    def val_score(self) -> list[float]:
+        return self.val_exact_match
+
     def to_dict(self) -> dict:
         """The numbers of the run, as JSON-ready values (the resumable state is left out)."""
         values = asdict(replace(self, state=None))

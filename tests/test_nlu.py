@@ -150,3 +150,62 @@ def test_the_experiment_runs_quick(tmp_path):
     assert (tmp_path / "nlu.png").is_file()
     full = nlu.Config()
     assert len(full.sizes) >= 3 and len(full.methods) == 6
+
+
+# -- checkpoints and the command line ------------------------------------------------------------
+@pytest.mark.parametrize("head", ["linear", "verbalizer"])
+@pytest.mark.parametrize("name", ["soft_prompt", "prefix_projection"])
+def test_a_prompt_with_its_head_saves_and_loads_to_the_same_logits(name, head, small_model, tmp_path):
+    from methods import load_prompt, save_prompt
+
+    nlu_model = NLUModel(METHOD_FACTORIES[name](small_model), make_head(head, "rep", small_model.config.d_model, 3),
+                         "rep")
+    with torch.no_grad():  # a head that is not its initialisation: loading must copy it, not rebuild it
+        for p in nlu_model.head.parameters():
+            p.add_(0.5)
+    ids, mask, _ = nlu_batch(CharTokenizer(), "rep", sample_nlu_inputs("rep", "test", 6))
+    path = save_prompt(nlu_model, tmp_path / "tagger.safetensors")
+    loaded = load_prompt(small_model, path)
+    assert isinstance(loaded, NLUModel) and loaded.head_kind == head and loaded.task == "rep"
+    assert set(loaded.head_state_dict()) == set(nlu_model.head_state_dict())
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids, mask), nlu_model.eval()(ids, mask), atol=ATOL)
+
+
+def test_a_flipped_byte_in_a_saved_head_is_refused(small_model, tmp_path):
+    from methods import load_prompt, save_prompt
+
+    nlu_model = NLUModel(METHOD_FACTORIES["soft_prompt"](small_model), make_head("linear", "pal", 32, 0), "pal")
+    path = save_prompt(nlu_model, tmp_path / "classifier.safetensors")
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    import json
+
+    entries = json.loads(data[8:8 + header_len])
+    start = 8 + header_len + entries["head.score.weight"]["data_offsets"][0]
+    data[start + 1] ^= 0x40  # one byte of the head's weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256|sha256|hash"):
+        load_prompt(small_model, path)
+
+
+def test_the_command_line_trains_a_tagger_and_reports_f1_and_the_baseline(tmp_path, capsys):
+    from methods.__main__ import main
+
+    report = main(["--task", "rep", "--head", "verbalizer", "--methods", "soft_prompt,full_finetune", "--quick",
+                   "--steps", "2", "--eval-every", "1", "--no-progress", "--out", str(tmp_path)])
+    assert report["complete"] and report["settings"]["head"] == "verbalizer"
+    for r in report["results"]:
+        assert r["metric"] == "span_f1" and r["head"] == "verbalizer" and 0 <= r["test_score"] <= 1
+        assert r["val_steps"] == [0, 1, 2] and r["baseline"] == pytest.approx(report["results"][0]["baseline"])
+    table = capsys.readouterr().out
+    assert "test F1" in table and "trivial baseline" in table
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_the_command_line_refuses_a_head_for_a_generation_task(capsys):
+    from methods.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "dsc", "--head", "linear", "--quick"])
+    assert "drop --head" in capsys.readouterr().err
