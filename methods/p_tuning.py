@@ -14,6 +14,13 @@ trained, its output is a plain (P, C) prompt, computed once and reusable as a so
 Two encoders, with Hugging Face PEFT's names and layer layouts:
 - MLP:  Linear(C, h) -> ReLU -> Linear(h, h) -> ReLU -> Linear(h, C)
 - LSTM: a bidirectional LSTM (hidden h per direction), then Linear(2h, 2h) -> ReLU -> Linear(2h, C)
+
+and a third, Residual Prompt Tuning's (Razdaibiedina et al. 2023, §3; `ResMLP` in their code):
+- RESIDUAL_MLP: h_i = e_i + LayerNorm(Linear(h, C)(ReLU(Linear(C, h)(e_i))))
+  The skip connection lets each prompt vector be its own free embedding (as in a soft
+  prompt) or the shared network's output, whichever trains better; the paper reports it
+  makes prompt tuning more stable across learning rates and works with shorter prompts.
+  It too folds into a plain (P, C) prompt after training.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from minitransformer import MiniTransformer
 
 from .prompt_model import PromptConfig, PromptModel, check_choice, check_int, prepend_prompt
 from .soft_prompt import SoftPromptConfig, SoftPromptModel
+from .token_init import sample_token_ids
 
-ENCODERS = ("MLP", "LSTM")
+ENCODERS = ("MLP", "LSTM", "RESIDUAL_MLP")
 
 
 @dataclass
@@ -61,6 +69,9 @@ class PromptEncoder(nn.Module):
             self.lstm_head = nn.LSTM(d_model, h, num_layers=config.encoder_num_layers,
                                      dropout=config.encoder_dropout, bidirectional=True, batch_first=True)
             self.mlp_head = nn.Sequential(nn.Linear(2 * h, 2 * h), nn.ReLU(), nn.Linear(2 * h, d_model))
+        elif self.kind == "RESIDUAL_MLP":  # down-project, ReLU, up-project, LayerNorm; the skip is in forward
+            self.mlp_head = nn.Sequential(nn.Linear(d_model, h), nn.ReLU(), nn.Linear(h, d_model),
+                                          nn.LayerNorm(d_model))
         else:
             self.mlp_head = nn.Sequential(nn.Linear(d_model, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                                           nn.Linear(h, d_model))
@@ -69,6 +80,8 @@ class PromptEncoder(nn.Module):
         e = self.embedding.weight[None]  # (1, P, C)
         if self.kind == "LSTM":
             e = self.lstm_head(e)[0]  # (1, P, 2h): each position sees both neighbours' directions
+        if self.kind == "RESIDUAL_MLP":
+            return e + self.mlp_head(e)  # (1, P, C): the embedding itself, plus the network's say
         return self.mlp_head(e)  # (1, P, C)
 
 
@@ -81,6 +94,12 @@ class PTuningModel(PromptModel):
         with torch.random.fork_rng():
             torch.manual_seed(self.config.seed)
             self.prompt_encoder = PromptEncoder(self.config, base.config.d_model)
+        if self.config.encoder_reparameterization_type == "RESIDUAL_MLP":
+            # the skip passes e through: start it where a SAMPLE_VOCAB soft prompt starts (real tokens' embeddings)
+            generator = torch.Generator().manual_seed(self.config.seed)
+            ids = sample_token_ids(base, self.config.num_virtual_tokens, generator)
+            with torch.no_grad():
+                self.prompt_encoder.embedding.weight.copy_(base.wte.weight[ids].cpu())
 
     def prompt_state(self) -> torch.Tensor:
         return self.prompt_encoder()  # (1, P, C): the encoder runs once per forward, on the first call
