@@ -36,11 +36,23 @@ from minitransformer import DEFAULT_CHECKPOINT
 from minitransformer.cli import device_arg, positive_int
 from minitransformer.files import fresh_run_dir, is_within, prepare_output_dir, write_json
 
-from . import depth, hard_vs_soft, initialisation, nlu, packing, prompt_length, reparameterisation, scale
+from . import (
+    depth,
+    ensemble,
+    hard_vs_soft,
+    initialisation,
+    layers,
+    nlu,
+    packing,
+    prompt_length,
+    reparameterisation,
+    scale,
+    transfer,
+)
 from .common import Context, checkpoint_fingerprint, code_version
 
 EXPERIMENTS = {m.NAME: m for m in (prompt_length, initialisation, reparameterisation, depth, scale, hard_vs_soft,
-                                   packing, nlu)}
+                                   packing, nlu, layers, transfer, ensemble)}
 COMMITTED_RESULTS = Path(__file__).parent / "results"  # what the READMEs show
 
 

@@ -11,6 +11,15 @@ with the same steps and batches:
 - soft prompt (P*C free numbers) vs P-tuning with an MLP vs with an LSTM encoder.
 Stability is read off two ways: the spread over seeds at a fixed learning rate, and how
 wide the range of learning rates is that works.
+
+Residual reparameterisation (Razdaibiedina et al. 2023, "Residual Prompt Tuning"): the
+encoder's output plus a skip connection, x + LayerNorm(MLP(x)), which the paper reports
+stabilises prompt tuning across learning rates. Two more methods, on the same grid:
+- prefix + residual MLP: the direct prefix (from real tokens) plus LayerNorm(MLP(prefix)),
+  hidden width 128 (prefix_tuning.py, `encoder_reparameterization_type="RESIDUAL_MLP"`);
+- P-tuning with the residual MLP, hidden width 64 (p_tuning.py, the same name).
+Does the skip remove the collapse the prefix MLP shows at lr >= 0.1? (The runs of the
+five methods above are unchanged: same jobs, so the same cache entries.)
 """
 
 from __future__ import annotations
@@ -19,11 +28,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .common import LABEL, Context, run_jobs, select, stats, train_run
+from methods.p_tuning import PTuningConfig, PTuningModel
+from methods.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
+
+from .common import LABEL, Context, base_model, fit, run_jobs, select, stats, summarise, train_run
 from .plotting import band, save, subplots
 
 NAME = "reparameterisation"
-PAPER = "Li & Liang 2021 §4.3 (prefix MLP); Liu et al. 2021 §3.2 (P-tuning encoders)"
+PAPER = "Li & Liang 2021 §4.3 (prefix MLP); Liu et al. 2021 §3.2 (P-tuning encoders); " \
+    "Razdaibiedina et al. 2023 (residual reparameterisation)"
+RESIDUAL = {  # method -> (label, builder(base, P, seed)): the residual reparameterisations, built here
+    "prefix_tuning_residual": ("prefix + residual MLP", lambda base, P, seed: PrefixTuningModel(
+        base, PrefixTuningConfig(P, prefix_projection=True, encoder_hidden_size=128,
+                                 encoder_reparameterization_type="RESIDUAL_MLP", seed=seed))),
+    "p_tuning_residual": ("P-tuning (residual MLP)", lambda base, P, seed: PTuningModel(
+        base, PTuningConfig(P, "RESIDUAL_MLP", encoder_hidden_size=64, seed=seed))),
+}
+LABELS = {**LABEL, **{m: label for m, (label, _) in RESIDUAL.items()}}
 
 
 @dataclass(frozen=True)
@@ -34,20 +55,33 @@ class Config:
     task: str = "dsc"
     steps: int = 1000
     prompt_len: int = 16
+    residual_methods: tuple[str, ...] = tuple(RESIDUAL)  # trained by train_residual
 
 
 QUICK = Config(methods=("prefix_tuning", "prefix_tuning_mlp"), lrs=(1e-2, 1e-1), steps=2, prompt_len=4)
 
 
+def train_residual(checkpoint: str, device: str, method: str, settings: dict, tags: dict) -> dict:
+    """Job: one of the RESIDUAL methods, trained and tested."""
+    model = RESIDUAL[method][1](base_model(checkpoint, device), settings["prompt_len"], settings["seed"])
+    result = fit(model, settings, device)
+    result.method = method
+    return summarise(result, **tags)
+
+
 def run(ctx: Context) -> dict:
     cfg = QUICK if ctx.quick else Config()
-    jobs = [{"checkpoint": ctx.checkpoint, "device": ctx.device, "method": method,
-             "settings": ctx.settings(task=cfg.task, steps=cfg.steps, prompt_len=cfg.prompt_len, lr=lr, seed=seed),
-             "tags": {"task": cfg.task}}
-            for method in cfg.methods for lr in cfg.lrs for seed in ctx.seeds]
-    runs = run_jobs(ctx, train_run, jobs)
+
+    def grid(methods):
+        return [{"checkpoint": ctx.checkpoint, "device": ctx.device, "method": method,
+                 "settings": ctx.settings(task=cfg.task, steps=cfg.steps, prompt_len=cfg.prompt_len, lr=lr,
+                                          seed=seed),
+                 "tags": {"task": cfg.task}}
+                for method in methods for lr in cfg.lrs for seed in ctx.seeds]
+
+    runs = run_jobs(ctx, train_run, grid(cfg.methods)) + run_jobs(ctx, train_residual, grid(cfg.residual_methods))
     summary = {}
-    for method in cfg.methods:
+    for method in cfg.methods + cfg.residual_methods:
         per_lr = {lr: stats([r["test_exact_match"] for r in select(runs, method=method, lr=lr)]) for lr in cfg.lrs}
         best = max(cfg.lrs, key=lambda lr: per_lr[lr]["mean"])
         summary[method] = {**per_lr[best], "best_lr": best,
@@ -62,20 +96,22 @@ def run(ctx: Context) -> dict:
 def plot(report: dict, path) -> None:
     cfg, summary = report["config"], report["summary"]
     fig, axes = subplots(2, width=6.5)
-    for method in cfg["methods"]:
+    methods = cfg["methods"] + cfg.get("residual_methods", [])  # (results made before the residual runs lack them)
+    for method in methods:
         groups = [summary[method]["per_lr"][str(lr)]["values"] for lr in cfg["lrs"]]
-        band(axes[0], cfg["lrs"], groups, f"{LABEL[method]} ({summary[method]['trainable_params']:,})")
+        band(axes[0], cfg["lrs"], groups, f"{LABELS[method]} ({summary[method]['trainable_params']:,})",
+             marker="s" if method in RESIDUAL else "o")
     axes[0].set(xscale="log", xlabel="learning rate (log scale)", ylabel="test exact-match", ylim=(-0.03, 1.03),
                 title=f"{cfg['task']}, P={cfg['prompt_len']}, {cfg['steps']} steps: accuracy vs learning rate")
     axes[0].legend(fontsize=8, loc="upper left", title="method (trainable)", title_fontsize=8)
 
     ax, rng = axes[1], np.random.default_rng(0)
-    values = [summary[m]["values"] for m in cfg["methods"]]
+    values = [summary[m]["values"] for m in methods]
     ax.boxplot(values, whis=(0, 100), widths=0.5)
     for i, v in enumerate(values, 1):
         ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, s=18, color="black", zorder=3)
     ax.set_xticks(range(1, len(values) + 1),
-                  [f"{LABEL[m]}\nlr {summary[m]['best_lr']:g}" for m in cfg["methods"]], fontsize=8)
+                  [f"{LABELS[m]}\nlr {summary[m]['best_lr']:g}" for m in methods], fontsize=7)
     ax.set(ylabel="test exact-match", ylim=(-0.03, 1.03),
            title="spread over seeds at each method's best learning rate")
-    save(fig, path, "Reparameterisation (cf. Li & Liang 2021 §4.3; P-tuning)")
+    save(fig, path, "Reparameterisation (cf. Li & Liang 2021 §4.3; P-tuning; Residual Prompt Tuning)")

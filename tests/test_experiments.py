@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from test_beyond import needs_partial_prefix
 
-from experiments import packing
+from experiments import ensemble, layers, packing, reparameterisation, transfer
 from experiments.__main__ import EXPERIMENTS, main
 from experiments.common import Context
 from minitransformer import CharTokenizer, load_checkpoint, sample_inputs
@@ -43,7 +44,7 @@ def test_the_cli_writes_results_json_and_a_figure(tmp_path, one_thread):
 
 def test_every_experiment_is_registered_with_a_paper_and_a_quick_config():
     assert set(EXPERIMENTS) == {"prompt_length", "initialisation", "reparameterisation", "depth", "scale",
-                                "hard_vs_soft", "packing", "nlu"}
+                                "hard_vs_soft", "packing", "nlu", "layers", "transfer", "ensemble"}
     for module in EXPERIMENTS.values():
         assert module.PAPER and module.__doc__ and module.QUICK != module.Config()
 
@@ -87,3 +88,60 @@ def test_packing_quick_run_pretrains_both_bases_trains_on_each_and_plots(tmp_pat
     assert (tmp_path / "packing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = packing.run(ctx)  # the bases are found in the cache, and so are the runs
     assert {b["source"] for b in again["bases"]} == {"cached"} and all(r["from_cache"] for r in again["runs"])
+
+
+# -- issue 19: the quick runs of the experiments beyond the four methods -----------------------
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_partial_prefix
+def test_layers_quick_run_trains_a_prefix_on_every_layer_set_and_plots(tmp_path, one_thread):
+    report = layers.run(Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache")))
+    sets = layers.layer_sets(report["n_layer"])
+    assert set(report["summary"]) == set(sets) and len(report["runs"]) == len(sets)
+    assert sets["top 2"] == (2, 3) and sets["bottom 1"] == (0,) and sets["all"] == (0, 1, 2, 3)
+    C = 128
+    for name, entry in report["summary"].items():
+        assert entry["trainable_params"] == layers.QUICK.prompt_len * 2 * C * len(sets[name])
+    layers.plot(report, tmp_path / "layers.png")
+    assert is_png(tmp_path / "layers.png")
+
+
+def test_transfer_quick_run_starts_targets_from_saved_sources_and_plots(tmp_path, one_thread):
+    ctx = Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache"))
+    report = transfer.run(ctx)
+    cfg = transfer.QUICK
+    n_sources = len(cfg.sources)
+    per_target = [len(transfer.BASELINES) + sum(s != t for s, _, _ in cfg.sources) for t, _, _ in cfg.targets]
+    assert len(report["runs"]) == n_sources + sum(per_target) == len(report["summary"]) + n_sources
+    assert {p["source"] for p in report["similarity_vs_gain"]["points"] if p["target"] == "dsc"} == {"rev", "rsh"}
+    for point in report["similarity_vs_gain"]["points"]:
+        assert -1.0 <= point["similarity"] <= 1.0
+    transfer.plot(report, tmp_path / "transfer.png")
+    assert is_png(tmp_path / "transfer.png")
+    again = transfer.run(ctx)  # the prompts are in the cache, and so are the runs
+    assert all(r["from_cache"] for r in again["runs"]) and again["summary"] == report["summary"]
+
+
+def test_ensemble_quick_run_votes_and_its_batch_matches_each_prompt_alone(tmp_path, one_thread):
+    report = ensemble.run(Context(seeds=(0, 1), quick=True, cache=str(tmp_path / "cache")))
+    assert len(report["ensembles"]) == 2 and len(report["runs"]) == 2 * ensemble.QUICK.members
+    assert report["ensembles"][1]["seeds"] == [3, 4, 5]
+    for e in report["ensembles"]:
+        assert e["batch_equals_alone"] and len(e["members"]) == ensemble.QUICK.members
+    ensemble.plot(report, tmp_path / "ensemble.png")
+    assert is_png(tmp_path / "ensemble.png")
+
+
+def test_reparameterisation_quick_run_adds_the_residual_methods(tmp_path, one_thread):
+    report = reparameterisation.run(Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache")))
+    cfg = reparameterisation.QUICK
+    assert set(report["summary"]) == set(cfg.methods) | set(reparameterisation.RESIDUAL)
+    assert len(report["runs"]) == (len(cfg.methods) + len(cfg.residual_methods)) * len(cfg.lrs)
+    residual = [r for r in report["runs"] if r["method"] == "prefix_tuning_residual"]
+    assert {r["lr"] for r in residual} == set(cfg.lrs)
+    reparameterisation.plot(report, tmp_path / "reparameterisation.png")
+    assert is_png(tmp_path / "reparameterisation.png")
