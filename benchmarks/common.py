@@ -41,6 +41,7 @@ from methods import (
     SoftPromptModel,
 )
 from methods.lora import LoRAConfig, LoRAModel
+from minitransformer import engine
 from minitransformer.cli import device_arg, positive_int
 from minitransformer.files import check_output_file, write_json
 from minitransformer.hf_gpt2 import from_gpt2
@@ -245,6 +246,11 @@ def base_parser(description: str, methods: tuple[str, ...]) -> argparse.Argument
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     parser.add_argument("--prompt-len", type=positive_int, default=16)
+    parser.add_argument("--engine", choices=["on", "off"], default="on",
+                        help="on (default): our model with minitransformer.engine's shortcuts, as its POLICY "
+                             "runs them on this device; off: the reference path alone")
+    parser.add_argument("--disable", nargs="+", default=[], choices=list(engine.POLICY), metavar="SHORTCUT",
+                        help=f"with the engine on, switch these shortcuts off (one of: {', '.join(engine.POLICY)})")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: print only)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file, "
                         "such as the committed benchmarks/results/*.json")
@@ -261,6 +267,17 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(str(error))
     return args
+
+
+def engine_policy(args) -> dict | None:
+    """The engine policy `args` ask for (None: the engine off, the reference path)."""
+    return None if args.engine == "off" else engine.without(engine.POLICY, *args.disable)
+
+
+def with_engine(ours, args, padded_logits: bool = False):
+    """`ours` with the engine on as `args` ask (`--engine`, `--disable`); returns it."""
+    policy = engine_policy(args)
+    return ours if policy is None else engine.enable(ours, policy=policy, padded_logits=padded_logits)
 
 
 def save_rows(args, rows: list[dict], machine: str) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from minitransformer import generate
 
-from .common import base_parser, parse, run_and_save, same_function, synchronize, twins
+from .common import base_parser, parse, run_and_save, same_function, synchronize, twins, with_engine
 
 METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
 DEFAULT_SIZES = {  # (B rows, input length, new tokens)
@@ -43,6 +43,7 @@ def theirs_generate(model, ids, new):
 def bench_method(method, shape, args) -> dict:
     B, T, new = args.sizes or DEFAULT_SIZES[(args.device.split(":")[0], shape.name)]
     ours, theirs = twins(method, shape, args.prompt_len, args.device)
+    with_engine(ours, args)  # --engine, --disable
     ours.eval(), theirs.eval()
     ids = torch.randint(1, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(0)).to(args.device)
     autocast = (torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16"

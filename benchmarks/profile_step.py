@@ -22,7 +22,17 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .common import METHODS, SHAPES, base_parser, parse, save_rows, store_frozen_in_bf16, synchronize, twins
+from .common import (
+    METHODS,
+    SHAPES,
+    base_parser,
+    parse,
+    save_rows,
+    store_frozen_in_bf16,
+    synchronize,
+    twins,
+    with_engine,
+)
 from .train_step import make_step, our_loss
 
 KINDS = {"attention": ("sdpa", "flash", "fmha", "attention"), "matmul": ("gemm", "nvjet", "cutlass", "xmma", "gemv"),
@@ -53,7 +63,7 @@ def timeline(trace: dict, steps: int) -> dict:
 def profile_method(method: str, args) -> dict:
     B, T = args.batch
     ours, _ = twins(method, SHAPES["gpt2-small"], args.prompt_len, args.device)
-    ours.base.keep_vocab_padding = True  # as in train_step.py
+    with_engine(ours, args, padded_logits=True)  # as in train_step.py
     ids = torch.randint(1, SHAPES["gpt2-small"].vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
     ids = ids.to(args.device)
     full_finetune = method == "full_finetune"

@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                       # CPU, both shapes, every method
     python -m benchmarks.train_step --device cuda --shapes gpt2-small --dtype bf16 --compile --ours-only
+    python -m benchmarks.train_step --engine off ...      # the reference path alone (--disable NAME: one off)
 
 For each method and shape it builds both twins with the same weights (common.py), checks
 that they give the same loss, then alternates their steps `--reps` times (ours, theirs,
@@ -38,6 +39,7 @@ from .common import (
     synchronize,
     training_flops,
     twins,
+    with_engine,
 )
 
 DEFAULT_BATCH = {  # (B, T) per device and shape: a CPU run of everything takes minutes, a GPU one fills the chip
@@ -111,7 +113,8 @@ def bench_method(method, shape, args) -> dict:
     B, T = args.batch or DEFAULT_BATCH[(args.device.split(":")[0], shape.name)]
     P, device = args.prompt_len, args.device
     ours, theirs = twins(method, shape, P, device)
-    ours.base.keep_vocab_padding = True  # our loss takes logits of the head's padded width (a GPU pads: model.head)
+    # the engine (--engine, --disable); our loss takes logits of the head's padded width where it is padded
+    with_engine(ours, args, padded_logits=True)
     ids = torch.randint(1, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(0)).to(device)
     graded = num_targets(T, args.target_fraction)  # per row
     ours_loss = functools.partial(our_loss, target_fraction=args.target_fraction)

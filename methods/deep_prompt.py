@@ -12,15 +12,17 @@ so each block's attention sees fresh, directly trained vectors at the prompt pos
 Trainable: P * C * L numbers. With only layer 0 kept (`prompt_layers=1`) this is exactly
 the soft prompt, which a test checks.
 
-How it is computed. When every layer has a prompt, the outputs at the prompt positions
-are never read: each layer's are overwritten by the next layer's prompt, the last
-layer's get no logits. All the text positions take from them is what attention reads,
-the keys and values each layer makes from its prompt, K_l, V_l = LN_l(p^l) W_k, W_v
-(for layer 0, of p^0 + W_pos[0..P-1]). So by default the model runs the text positions
-alone and hands it those keys and values as a *prefix*: the same logits, without the
-queries, attention outputs and MLPs of P positions in every layer. `as_prefix=False`
-runs the literal form above, through the base model's `hidden_prompts` hook; a test
-checks that both give the same logits.
+The same function, computed as a prefix. When every layer has a prompt, the outputs at
+the prompt positions are never read: each layer's are overwritten by the next layer's
+prompt, the last layer's get no logits. All the text positions take from them is what
+attention reads, the keys and values each layer makes from its prompt,
+K_l, V_l = LN_l(p^l) W_k, W_v (for layer 0, of p^0 + W_pos[0..P-1]). So the text positions
+could run alone, handed those keys and values as a *prefix* (`as_prefix()`): the same
+logits, without the queries, attention outputs and MLPs of P positions in every layer.
+The default is the layerwise form above, through the base model's `hidden_prompts` hook;
+`as_prefix=True` takes the prefix route, and a test proves the two equal. (Where speed is
+asked for, the engine, minitransformer/engine.py, takes that route by itself, for all
+layers at once.)
 
 How this differs from prefix tuning (prefix_tuning.py): a deep prompt is a *hidden
 state*. At every layer it goes through LayerNorm and the key/value projections, and it
@@ -38,13 +40,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minitransformer import MiniTransformer
 
-from .prefix_tuning import split_prefix
-from .prompt_model import PromptConfig, PromptModel, check_choice, check_int, prepend_prompt
+from .prompt_model import PromptConfig, PromptModel, check_choice, check_int
+from .soft_prompt import prepend_prompt
 from .token_init import activations_of_tokens, sample_token_ids
 
 INITS = ("SAMPLE_VOCAB", "RANDOM")
@@ -57,8 +58,8 @@ class DeepPromptConfig(PromptConfig):
     init: str = field(default="SAMPLE_VOCAB", metadata={
         "help": "SAMPLE_VOCAB: each layer's hidden states of P random real tokens; RANDOM: noise of that scale"})
     seed: int = field(default=0, metadata={"help": "seed for the initialisation"})
-    as_prefix: bool = field(default=True, metadata={
-        "help": "with prompts at every layer, compute them as the key/value prefix they amount to (faster)"})
+    as_prefix: bool = field(default=False, metadata={
+        "help": "with prompts at every layer, hand the base the key/value prefix they amount to (same logits)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,15 +96,12 @@ class DeepPromptModel(PromptModel):
         self.prompt_in_cache = not self.computed_as_prefix  # a prefix goes in on every call
 
     def prompt_state(self) -> torch.Tensor:
-        if self.computed_as_prefix:  # made once per call, or once per generation (state_for_call)
-            return self.prefix_vectors()  # (1, P, L * 2 * C)
         return self.prompts[None]  # (1, L', P, C)
 
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         P = self.config.num_virtual_tokens
         if self.computed_as_prefix:
-            return {"input_ids": input_ids, "attention_mask": attention_mask,
-                    "prefix_kv": split_prefix(state, self.base.config)}
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_kv": self.as_prefix(state)}
         if not first_call:  # the cache holds the prompt positions of every layer
             return prepend_prompt(self.base, None, input_ids, attention_mask, P)
         hooks = prepend_prompt(self.base, state[:, 0], input_ids, attention_mask, P)  # (B|1, P, C) at layer 0
@@ -112,24 +110,18 @@ class DeepPromptModel(PromptModel):
             + [None] * (self.base.config.n_layer - layers)  # layer 0 was prepended above
         return hooks
 
-    def prefix_vectors(self) -> torch.Tensor:
-        """The keys and values each layer makes from its prompt, as one (1, P, L * 2 * C) tensor
-        laid out as prefix tuning's (layer, k/v, head, dim): split_prefix gives the L pairs.
+    def as_prefix(self, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys and values each layer makes from its prompt, per layer (k, v), each (B|1, H, P, D).
 
-        Per layer l this is block_l.attn.c_attn(block_l.ln_1(p^l))[:, C:], the keys and values
-        of a LayerNorm and a projection. All L layers are done at once, each with its own
-        weights stacked along a batch dimension: three kernels instead of ~3 L tiny ones, which a
-        GPU would otherwise launch one by one while it waits at the start of every step.
+        Layer l's prompt enters block l as its hidden states at the prompt positions (layer 0's
+        with the position embeddings added), so what block l's attention reads there is
+        block_l.attn.keys_values(block_l.ln_1(p^l)): a prefix.
         """
-        P, C = self.config.num_virtual_tokens, self.base.config.d_model
-        blocks, has_bias = self.base.blocks, self.base.config.bias
-        ln_1s, c_attns = [b.ln_1 for b in blocks], [b.attn.c_attn for b in blocks]
-        positions = F.pad(self.base.wpe.weight[:P][None], (0, 0, 0, 0, 0, len(blocks) - 1))  # (L, P, C): layer 0's
-        hidden = self.prompts.to(positions.dtype) + positions  # (L, P, C): what enters each block there
-        normed = F.layer_norm(hidden, (C,), eps=ln_1s[0].eps) * torch.stack([ln.weight for ln in ln_1s])[:, None]
-        if has_bias:
-            normed = normed + torch.stack([ln.bias for ln in ln_1s])[:, None]  # (L, P, C): each layer's ln_1
-        keys_values = normed @ torch.stack([a.weight[C:] for a in c_attns]).transpose(1, 2)  # (L, P, 2C)
-        if has_bias:
-            keys_values = keys_values + torch.stack([a.bias[C:] for a in c_attns])[:, None]  # each c_attn's k, v
-        return keys_values.transpose(0, 1).reshape(1, P, -1)  # (1, P, L * 2 * C)
+        P, dtype = self.config.num_virtual_tokens, self.base.wte.weight.dtype
+        prefix = []
+        for layer, block in enumerate(self.base.blocks):
+            entering = state[:, layer].to(dtype)  # (B|1, P, C)
+            if layer == 0:
+                entering = entering + self.base.wpe.weight[:P]  # layer 0 is the input: positions 0..P-1
+            prefix.append(block.attn.keys_values(block.ln_1(entering)))
+        return prefix

@@ -237,21 +237,10 @@ def kept_with_cache(kv_cache: KVCache | None, key: str, make):
     return kv_cache.extras[key]
 
 
-def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None, num_virtual_tokens: int) -> dict:
-    """Hooks for methods that put P vectors in front of the input (soft prompt, P-tuning, deep prompt).
-
-    First call: `inputs_embeds = [prompt; E[input_ids]]`, (B, P + T, C). Later calls (the KV
-    cache already holds the prompt positions, `prompt` is None): the new tokens as ids.
-    Either way the attention mask gains P ones in front: virtual tokens are never padding
-    (no mask, no padding: it stays None).
-    """
-    B = input_ids.shape[0]
-    mask = None if attention_mask is None else \
-        torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
-    if prompt is None:
-        return {"input_ids": input_ids, "attention_mask": mask}
-    check_token_ids(base.config, input_ids)  # embedded here, not by the base: refuse ids it does not have
-    tokens = base.wte(input_ids)  # (B, T, C)
-    embeds = torch.cat([prompt.to(tokens.dtype).expand(B, -1, -1), tokens], dim=1)  # (B, P + T, C)
-    return {"inputs_embeds": embeds, "attention_mask": mask}
+def __getattr__(name: str):
+    # `prepend_prompt`, the soft prompt's concatenation, lives in soft_prompt.py with its idea;
+    # the old import `from .prompt_model import prepend_prompt` keeps working.
+    if name == "prepend_prompt":
+        from .soft_prompt import prepend_prompt
+        return prepend_prompt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from minitransformer import CharTokenizer, MiniTransformer
+from minitransformer.validation import check_token_ids
 
-from .prompt_model import PromptConfig, PromptModel, check_choice, prepend_prompt
+from .prompt_model import PromptConfig, PromptModel, check_choice
 from .token_init import sample_token_ids
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
@@ -72,3 +73,23 @@ class SoftPromptModel(PromptModel):
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         prompt = state if first_call else None  # (B|1, P, C); the cache holds it afterwards
         return prepend_prompt(self.base, prompt, input_ids, attention_mask, self.config.num_virtual_tokens)
+
+
+def prepend_prompt(base: MiniTransformer, prompt: torch.Tensor | None, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None, num_virtual_tokens: int) -> dict:
+    """The soft prompt's one idea: P vectors in front of the input (P-tuning and deep prompts reuse it).
+
+    First call: `inputs_embeds = [prompt; E[input_ids]]`, (B, P + T, C). Later calls (the KV
+    cache already holds the prompt positions, `prompt` is None): the new tokens as ids.
+    Either way the attention mask gains P ones in front: virtual tokens are never padding
+    (no mask, no padding: it stays None).
+    """
+    B = input_ids.shape[0]
+    mask = None if attention_mask is None else \
+        torch.cat([attention_mask.new_ones(B, num_virtual_tokens), attention_mask], dim=1)  # (B, P + S)
+    if prompt is None:
+        return {"input_ids": input_ids, "attention_mask": mask}
+    check_token_ids(base.config, input_ids)  # embedded here, not by the base: refuse ids it does not have
+    tokens = base.wte(input_ids)  # (B, T, C)
+    embeds = torch.cat([prompt.to(tokens.dtype).expand(B, -1, -1), tokens], dim=1)  # (B, P + T, C)
+    return {"inputs_embeds": embeds, "attention_mask": mask}

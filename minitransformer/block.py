@@ -41,16 +41,10 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
-        allowed: torch.Tensor | None,  # (B, 1, T, P + S), None: no padding, plain causal
-        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        allowed: torch.Tensor | None,  # (B, 1, T, P + S) bool; None: plain causal
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B|1, H, P, D) each
         kv_cache: KVCache | None = None,
-        keep_last: int | None = None,
-        prefix_rows: bool = False,  # x's first P rows are placeholders for the prefix (attention.prefix_in_rows)
     ) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); with `keep_last=n` the output at the last n positions only, (B, n, C):
-        every position still attends (and gives keys and values), but only those n are projected
-        and go through the MLP (the model's last block, when only their logits are read)."""
-        attended = self.attn(self.ln_1(x), allowed, prefix, kv_cache, keep_last, prefix_rows)  # (B, T or n, C)
-        x = x[:, -attended.shape[1]:] + attended
+        x = x + self.attn(self.ln_1(x), allowed, prefix, kv_cache)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))
         return x

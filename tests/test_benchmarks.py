@@ -14,18 +14,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import generation, train_step
 from benchmarks.common import SHAPES, Shape, training_flops, twins
-from minitransformer import attention
+from minitransformer import engine
 
 TINY = Shape("tiny", vocab_size=41, block_size=32, d_model=32, n_layer=2, n_head=4)
 
 
 @pytest.mark.parametrize("method", ["soft_prompt", "prefix_tuning", "full_finetune"])
-def test_flop_formula_matches_pytorchs_flop_counter(method, monkeypatch):
+def test_flop_formula_matches_pytorchs_flop_counter(method):
     """FlopCounterMode counts every matrix product of a real forward + backward pass: with
     frozen weights it sees no weight gradients, so this checks the '4x, not 6x' claim too.
     The explicit attention path computes all T x S scores, so the count is the full-attention one.
     The formula counts the GPU's step (where the MFU is measured): there every position of the
-    last block is a query. On a CPU only the n read positions are (attention.QUERIES_CUT_ON),
+    last block is a query. On a CPU only the n read positions are (the engine's `query_cut`),
     which must save exactly the other queries' attention, forward and backward."""
     B, T, P = 2, 12, 4
     ours, _ = twins(method, TINY, P, "cpu")
@@ -33,20 +33,21 @@ def test_flop_formula_matches_pytorchs_flop_counter(method, monkeypatch):
     ids = torch.randint(1, TINY.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
     graded = train_step.num_targets(T, 0.5)
 
-    def counted(cut_queries_on):
-        monkeypatch.setattr(attention, "QUERIES_CUT_ON", cut_queries_on)
+    def counted(cut_queries):
+        policy = engine.acting_as("cpu")  # the benchmark's engine on a CPU (a prefix: no placeholder rows)
+        engine.enable(ours, policy=policy if cut_queries else engine.without(policy, "query_cut"))
         with FlopCounterMode(display=False) as counter:
             train_step.our_loss(ours, ids, 0.5).backward()
         return counter.get_total_flops()
 
     # our_loss runs the head at one position more than it grades (the last, whose loss is ignored);
     # the MFU counts only the `graded` positions the loss needs
-    uncut = counted(set())
+    uncut = counted(False)
     assert uncut == training_flops(method, TINY, B, T, P, graded + 1, causal=False)
     queries = T + P if method == "soft_prompt" else T  # the last block's, uncut
     keys = T if method == "full_finetune" else T + P
     saved = 3 * 4 * TINY.d_model * B * (queries - (graded + 1)) * keys  # the cut queries: q k^T and @ v, 3x with backward
-    assert uncut - counted({"cpu"}) == saved
+    assert uncut - counted(True) == saved
 
 
 def test_causal_count_is_about_half_the_attention():
@@ -73,6 +74,10 @@ def test_train_step_script_runs_and_writes_rows(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["soft_prompt", "deep_prompt"]
     assert all(r["ours_ms"] > 0 and r["theirs_ms"] > 0 and r["ratio"] > 0 for r in rows)
+    # the reference path alone, and the engine with one shortcut off
+    for extra in (["--engine", "off"], ["--disable", "last_block_cut", "deep_prompt_as_prefix"]):
+        train_step.main(["--shapes", "toy", "--methods", "deep_prompt", "--batch", "2", "12", "--prompt-len", "4",
+                         "--reps", "1", "--warmup", "0", "--ours-only", *extra])
 
 
 def test_generation_script_gives_the_same_tokens_as_peft(tmp_path, monkeypatch):

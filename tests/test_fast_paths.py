@@ -1,11 +1,16 @@
 """The shortcuts that make training and generation fast compute exactly what the plain paths do.
 
+The engine's shortcuts (minitransformer/engine.py) are switched on with `engine.enable(model,
+policy=...)`; a policy that runs the GPU's shortcuts here (`engine.acting_as("cuda")`) is an
+argument, never a patched global. tests/test_engine.py is the matrix of all of them; here
+each is looked at on its own, with the route it takes.
+
 - attention without padding: no mask is built, the kernel masks causally itself;
 - the token ids' range is read from the device once per call (a GPU waits for each read);
 - `logits_to_keep`: the head, and the last block's output projection and MLP (on a CPU its queries too),
   run only where logits are read;
 - a GPU's head padded to 64 columns: the padding dropped, or kept at -inf (same loss and gradients);
-- a deep prompt on every layer runs as the key/value prefix it amounts to;
+- a deep prompt on every layer runs as the key/value prefix it amounts to (per layer, or stacked);
 - LoRA adds its low-rank path to the layer outputs instead of forming W + BA;
 - in generation, a prefix (and the MLP that makes it) and LoRA's factors are computed once, not per token.
 """
@@ -21,8 +26,7 @@ from conftest import ATOL, METHOD_FACTORIES, P, sharpened
 from methods import DeepPromptConfig, DeepPromptModel, FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
 from methods.train import answer_loss
-from minitransformer import CharTokenizer, KVCache, MiniTransformer, generate
-from minitransformer import model as model_module
+from minitransformer import CharTokenizer, KVCache, MiniTransformer, engine, generate
 from minitransformer.attention import attention_allowed, causal_mask
 from minitransformer.data import IGNORE_INDEX, example_batch
 
@@ -51,7 +55,7 @@ def test_without_padding_the_mask_is_plain_causal():
 @pytest.mark.parametrize("prefix_len, past", [(0, 0), (3, 0), (0, 4), (3, 4)])
 def test_unmasked_attention_equals_the_explicit_causal_mask(small_model, use_sdpa, prefix_len, past):
     """Without padding attention masks causally itself: the square, or the lower-right mask."""
-    attn = small_model.blocks[0].attn
+    attn = engine.enable(small_model, policy=engine.ALL_ON).blocks[0].attn
     attn.use_sdpa = use_sdpa
     B, T, C, H, D = 2, 5, 32, 4, 8
     g = torch.Generator().manual_seed(0)
@@ -74,7 +78,7 @@ def test_prefix_in_placeholder_rows_equals_the_lower_right_mask(small_model, bat
     """A GPU's route for a prefix: P placeholder rows in front, their keys/values overwritten by the
     prefix, the plain causal square. The real rows' outputs equal the lower-right-masked attention's,
     whatever the placeholder rows hold."""
-    attn = small_model.blocks[0].attn
+    attn = engine.enable(small_model, policy=engine.ALL_ON).blocks[0].attn
     B, T, C, H, D, prefix_len = 2, 5, 32, 4, 8, 3
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, T, C, generator=g)
@@ -84,7 +88,7 @@ def test_prefix_in_placeholder_rows_equals_the_lower_right_mask(small_model, bat
     torch.testing.assert_close(out[:, prefix_len:], attn(x, None, prefix), rtol=0, atol=ATOL)
 
 
-def test_prefix_gradients_with_placeholder_rows(small_model, monkeypatch):
+def test_prefix_gradients_with_placeholder_rows(small_model):
     """The placeholder rows get no gradient path into anything real: the prefix's gradient is the same."""
     model = PrefixTuningModel(small_model, PrefixTuningConfig(P, seed=1))
     ids, mask, labels = batch()
@@ -96,19 +100,19 @@ def test_prefix_gradients_with_placeholder_rows(small_model, monkeypatch):
         return model.embedding.weight.grad.clone()
 
     plain = prefix_grad()
-    monkeypatch.setattr(model_module, "PREFIX_ROWS_ON", {"cpu"})
+    engine.enable(model, policy=engine.acting_as("cuda"))
     torch.testing.assert_close(prefix_grad(), plain, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", ["prefix", "prefix_projection", "deep_prompt"])
 @pytest.mark.parametrize("logits_to_keep", [None, 2])
-def test_prefix_methods_with_placeholder_rows(small_model, monkeypatch, name, logits_to_keep):
+def test_prefix_methods_with_placeholder_rows(small_model, name, logits_to_keep):
     """Every method that hands the base a prefix gives the same logits through the placeholder rows,
     and the placeholder rows reach attention (the model really took that route)."""
     model = METHOD_FACTORIES[name](small_model).eval()
     ids = batch()[0][:, -6:]
     plain = model(ids, logits_to_keep=logits_to_keep)
-    monkeypatch.setattr(model_module, "PREFIX_ROWS_ON", {"cpu"})
+    engine.enable(model, policy=engine.acting_as("cuda"))  # a deep prompt runs as its prefix there too
     seen = []
     hook = small_model.blocks[0].attn.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     torch.testing.assert_close(model(ids, logits_to_keep=logits_to_keep), plain, rtol=0, atol=ATOL)
@@ -116,12 +120,15 @@ def test_prefix_methods_with_placeholder_rows(small_model, monkeypatch, name, lo
     assert seen == [P + ids.shape[1]]
 
 
+@pytest.mark.parametrize("on", [False, True])
 @pytest.mark.parametrize("name", [*METHOD_FACTORIES, "lora", "full_finetune"])
-def test_token_ids_are_read_once_per_call(small_model, monkeypatch, name):
+def test_token_ids_are_read_once_per_call(small_model, monkeypatch, name, on):
     """The range check reads the ids back from the device (on a GPU, a wait): once per call, by whichever
     embeds them (the base, or the method that puts a prompt in front), not once more by the method."""
     extra = {"lora": lambda base: LoRAModel(base), "full_finetune": FullFineTuneModel}
     model = {**METHOD_FACTORIES, **extra}[name](small_model)
+    if on:
+        engine.enable(model)
     reads, aminmax = [], torch.aminmax
     monkeypatch.setattr(torch, "aminmax", lambda t: reads.append(t) or aminmax(t))
     model(batch()[0])
@@ -137,7 +144,10 @@ def test_no_mask_means_no_padding(small_model, name):
     torch.testing.assert_close(model(ids), model(ids, torch.ones_like(ids)), rtol=0, atol=ATOL)
 
 
-def test_base_logits_to_keep(small_model):
+@pytest.mark.parametrize("on", [False, True])
+def test_base_logits_to_keep(small_model, on):
+    if on:
+        engine.enable(small_model)  # the last block cut short
     ids, mask, labels = batch()
     full = small_model(ids, attention_mask=mask)
     # the last block then runs fewer rows, whose kernels may round differently: equal up to float rounding
@@ -146,8 +156,8 @@ def test_base_logits_to_keep(small_model):
     torch.testing.assert_close(small_model(ids, attention_mask=mask, logits_to_keep=keep), full[keep], rtol=0, atol=ATOL)
 
 
-def test_padded_head_gives_the_same_loss_and_gradients(small_model, monkeypatch):
-    """The head's padding to a multiple of 64 (on a GPU; forced here): dropped, the logits are the
+def test_padded_head_gives_the_same_loss_and_gradients(small_model):
+    """The head's padding to a multiple of 64 (on a GPU; here by the policy): dropped, the logits are the
     unpadded ones; kept, the extra 23 columns are -inf, and the loss and the prompt's gradient are the same."""
     model = METHOD_FACTORIES["soft_prompt"](small_model)
     ids = batch()[0]
@@ -159,10 +169,10 @@ def test_padded_head_gives_the_same_loss_and_gradients(small_model, monkeypatch)
         return logits.detach(), model.prompt.grad.clone()
 
     plain_logits, plain_grad = loss_and_grad()
-    monkeypatch.setattr(model_module, "PAD_VOCAB_ON", {"cpu"})
+    engine.enable(model, policy=engine.acting_as("cuda"))
     dropped_logits, dropped_grad = loss_and_grad()
     assert dropped_logits.shape[-1] == 41
-    small_model.keep_vocab_padding = True
+    engine.enable(model, policy=engine.acting_as("cuda"), padded_logits=True)
     kept_logits, kept_grad = loss_and_grad()
     assert kept_logits.shape[-1] == 64 and bool((kept_logits[..., 41:] == float("-inf")).all())
     for logits, grad in [(dropped_logits, dropped_grad), (kept_logits[..., :41], kept_grad)]:
@@ -172,7 +182,8 @@ def test_padded_head_gives_the_same_loss_and_gradients(small_model, monkeypatch)
 
 def test_the_last_block_runs_only_where_logits_are_read(small_model, monkeypatch):
     """Its MLP sees the last n positions (an int), or those from the first column a mask keeps;
-    on a CPU its attention has only those queries too (attention.QUERIES_CUT_ON)."""
+    on a CPU its attention has only those queries too (the engine's `query_cut`)."""
+    engine.enable(small_model, policy=engine.acting_as("cpu"))
     ids, mask, labels = batch()  # (4, T)
     seen, queries = [], []
     small_model.blocks[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
@@ -199,6 +210,7 @@ def test_the_last_block_cut_short_gives_the_same_gradients(small_model, name, us
     (padded rows, so the cut attention keeps its padding mask), with either attention path."""
     small_model.set_attention_implementation(use_sdpa)
     model = FullFineTuneModel(small_model) if name == "full_finetune" else METHOD_FACTORIES[name](small_model)
+    engine.enable(model, policy=engine.acting_as("cpu"))
     ids, mask, labels = batch()
     keep = labels != IGNORE_INDEX
 
@@ -232,26 +244,32 @@ def test_method_logits_to_keep_selects_real_tokens(small_model, name):
 
 
 @pytest.mark.parametrize("padded, bias", [(False, True), (True, True), (True, False)])
-def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, small_config, padded, bias):
-    """All layers' keys and values made at once (stacked weights) act as each layer's prompt would."""
+@pytest.mark.parametrize("route", ["as_prefix", "engine"])
+def test_deep_prompt_as_prefix_equals_the_literal_form(small_model, small_config, padded, bias, route):
+    """The keys and values the prompts make, as a prefix, act as each layer's prompt would: per layer
+    (`as_prefix=True`), or all layers' made at once with stacked weights (the engine)."""
     if not bias:  # a base without biases: prefix_vectors must skip them too
         small_model = sharpened(MiniTransformer(dataclasses.replace(small_config, bias=False)).eval())
-    literal = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3, as_prefix=False))
-    fast = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3))
-    assert fast.computed_as_prefix and not literal.computed_as_prefix
+    literal = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3))
+    fast = DeepPromptModel(small_model, DeepPromptConfig(P, seed=3, as_prefix=route == "as_prefix"))
+    assert not literal.computed_as_prefix and fast.computed_as_prefix == (route == "as_prefix")
     ids, mask, _ = batch()
     if not padded:
         ids, mask = ids[:, :5], torch.ones_like(ids[:, :5])
-    torch.testing.assert_close(fast(ids, mask), literal(ids, mask), rtol=0, atol=ATOL)
-    # ... and so do their gradients, which is what training sees
-    grads = []
-    for model in (fast, literal):
-        model.zero_grad()
-        answer_loss(model, batch()).backward()
-        grads.append(model.prompts.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=ATOL)
+    literal_logits = literal(ids, mask)
+    literal.zero_grad()
+    answer_loss(literal, batch()).backward()
+    literal_grad = literal.prompts.grad.clone()
     prompt = torch.tensor([CharTokenizer().encode("abc=")])
-    assert torch.equal(generate(fast, prompt, 5), generate(literal, prompt, 5))
+    literal_tokens = generate(literal, prompt, 5)
+    if route == "engine":
+        engine.enable(small_model, policy=engine.only("deep_prompt_as_prefix"))
+    torch.testing.assert_close(fast(ids, mask), literal_logits, rtol=0, atol=ATOL)
+    # ... and so do their gradients, which is what training sees
+    fast.zero_grad()
+    answer_loss(fast, batch()).backward()
+    torch.testing.assert_close(fast.prompts.grad, literal_grad, rtol=0, atol=ATOL)
+    assert torch.equal(generate(fast, prompt, 5), literal_tokens)
 
 
 def test_a_partial_deep_prompt_keeps_the_literal_form(small_model):
@@ -260,17 +278,17 @@ def test_a_partial_deep_prompt_keeps_the_literal_form(small_model):
 
 @pytest.mark.parametrize("name", ["prefix_projection", "deep_prompt"])
 def test_generation_computes_the_prefix_once(small_model, name):
-    """The MLP that makes a prefix, or the keys and values deep prompts amount to."""
+    """The MLP that makes a prefix; a deep prompt's prompts go into the base once (the cache then holds them)."""
     calls = []
     if name == "deep_prompt":
         model = DeepPromptModel(small_model, DeepPromptConfig(P))
-        make_prefix = model.prefix_vectors
-        model.prefix_vectors = lambda: calls.append(1) or make_prefix()
+        small_model.register_forward_pre_hook(
+            lambda module, args, kwargs: calls.append(1) if kwargs.get("hidden_prompts") else None, with_kwargs=True)
     else:
         model = PrefixTuningModel(small_model, PrefixTuningConfig(P, prefix_projection=True, encoder_hidden_size=16))
         model.transform.register_forward_hook(lambda *_: calls.append(1))
     out = generate(model, torch.tensor([CharTokenizer().encode("abc=")]), 6)
-    assert len(calls) == 1  # one prefill + 5 decoding steps, one run of the MLP (or deep prompt -> prefix)
+    assert len(calls) == 1  # one prefill + 5 decoding steps, one run of the MLP (or of the deep prompt)
     calls.clear()
     assert torch.equal(generate(model, torch.tensor([CharTokenizer().encode("abc=")]), 6, use_cache=False), out)
     assert len(calls) == 6  # without a cache there is nothing to keep it in: once per call
