@@ -35,6 +35,7 @@ Which layers (P-tuning v2 §4.4, "prompt depth"): `prefix_layers` names the laye
 a prefix, e.g. (2, 3) for the top two of four; the others get none (`prefix_kv[l] = None`:
 they attend to the real tokens only). Every stored number belongs to a prefixed layer, so
 the prefix costs P * 2 * C * len(prefix_layers). None (the default) means every layer.
+(One mixed serving batch must use one layer set: a prefix state does not say its layers.)
 """
 
 from __future__ import annotations

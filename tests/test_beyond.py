@@ -121,6 +121,14 @@ def test_a_layer_set_from_a_json_config_is_a_tuple():
     assert PrefixTuningConfig(P, prefix_layers=[3, 2]).prefix_layers == (2, 3)
 
 
+def test_a_prefix_on_some_layers_saves_and_loads_its_layers(four_layers, tmp_path):
+    model = PrefixTuningModel(four_layers, PrefixTuningConfig(P, prefix_projection=True, encoder_hidden_size=16,
+                                                              prefix_layers=(1, 3)))
+    loaded = load_prompt(four_layers, save_prompt(model, tmp_path / "layers.safetensors"))  # collapsed, for serving
+    assert loaded.config.prefix_layers == (1, 3) and loaded.layers == (1, 3)
+    torch.testing.assert_close(loaded.prefix_vectors(), model.prefix_vectors(), rtol=0, atol=0)
+
+
 # -- soft prompt transfer -----------------------------------------------------------------------
 
 
