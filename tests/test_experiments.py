@@ -101,11 +101,16 @@ def is_png(path) -> bool:
 def test_layers_quick_run_trains_a_prefix_on_every_layer_set_and_plots(tmp_path, one_thread):
     report = layers.run(Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache")))
     sets = layers.layer_sets(report["n_layer"])
-    assert set(report["summary"]) == set(sets) and len(report["runs"]) == len(sets)
+    tasks = ["dsc", "rep"]
+    assert set(report["summary"]) == {f"{t}/{n}" for t in tasks for n in sets}
+    assert len(report["runs"]) == len(tasks) * len(sets)
     assert sets["top 2"] == (2, 3) and sets["bottom 1"] == (0,) and sets["all"] == (0, 1, 2, 3)
-    C = 128
-    for name, entry in report["summary"].items():
-        assert entry["trainable_params"] == layers.QUICK.prompt_len * 2 * C * len(sets[name])
+    C, P = 128, layers.QUICK.prompt_len
+    for name in sets:
+        assert report["summary"][f"dsc/{name}"]["trainable_params"] == P * 2 * C * len(sets[name])
+        head = report["summary"][f"rep/{name}"]["trainable_params"] - P * 2 * C * len(sets[name])
+        assert head == report["summary"]["rep/all"]["trainable_params"] - P * 2 * C * 4 > 0  # the linear head
+    assert report["summary"]["rep/all"]["metric"] == "span_f1"
     layers.plot(report, tmp_path / "layers.png")
     assert is_png(tmp_path / "layers.png")
 
