@@ -13,7 +13,7 @@ before it times anything, so a fast wrong answer cannot pass as a speed-up.
                                                                 hidden-state prompt; its
                                                                 P-tuning v2 is a prefix
     prefix_tuning     PrefixTuningConfig                        yes
-    prefix_mlp        PrefixTuningConfig(prefix_projection)     yes
+    prefix_tuning_mlp PrefixTuningConfig(prefix_projection)     yes
     lora              LoraConfig(r=4, attn.c_attn, attn.c_proj) yes
     full_finetune     the bare GPT2LMHeadModel, all trainable   yes
 """
@@ -39,6 +39,7 @@ from methods import (
     PTuningModel,
     SoftPromptConfig,
     SoftPromptModel,
+    registry,
 )
 from methods.lora import LoRAConfig, LoRAModel
 from minitransformer import engine
@@ -67,9 +68,8 @@ SHAPES = {
     "toy": Shape("toy", vocab_size=41, block_size=128, d_model=128, n_layer=4, n_head=4),  # checkpoints/base
     "gpt2-small": Shape("gpt2-small", vocab_size=50257, block_size=1024, d_model=768, n_layer=12, n_head=12),
 }
-METHODS = ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm", "deep_prompt", "prefix_tuning", "prefix_mlp",
-           "lora", "full_finetune")
-PROMPT_METHODS = METHODS[:6]
+METHODS = registry.NAMES  # one spelling each (methods/registry.py)
+PROMPT_METHODS = registry.PROMPT_METHODS
 ENCODER_HIDDEN = 128  # P-tuning encoder and prefix MLP width, the same on both sides
 
 
@@ -91,9 +91,9 @@ def peft_twin(method: str, hf_model, P: int):
         config = peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=P,
                                           encoder_reparameterization_type=method.split("_")[-1].upper(),
                                           encoder_hidden_size=ENCODER_HIDDEN)
-    elif method in ("deep_prompt", "prefix_tuning", "prefix_mlp"):
+    elif method in ("deep_prompt", "prefix_tuning", "prefix_tuning_mlp"):
         config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P,
-                                         prefix_projection=method == "prefix_mlp",
+                                         prefix_projection=method == "prefix_tuning_mlp",
                                          encoder_hidden_size=ENCODER_HIDDEN)
     elif method == "lora":
         config = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8.0, lora_dropout=0.0,
@@ -122,8 +122,9 @@ def our_twin(method: str, theirs, base, P: int):
                                                 encoder_reparameterization_type=method.split("_")[-1].upper()))
         ours.prompt_encoder.load_state_dict(encoder.state_dict())  # same names and layouts as peft's
         return ours
-    ours = PrefixTuningModel(base, PrefixTuningConfig(num_virtual_tokens=P, prefix_projection=method == "prefix_mlp",
-                                                      encoder_hidden_size=ENCODER_HIDDEN))
+    config = PrefixTuningConfig(num_virtual_tokens=P, prefix_projection=method == "prefix_tuning_mlp",
+                                encoder_hidden_size=ENCODER_HIDDEN)
+    ours = PrefixTuningModel(base, config)
     with torch.no_grad():
         for name, p in ours.prompt_parameters().items():
             p.copy_(encoder.state_dict()[name])

@@ -24,7 +24,7 @@ from minitransformer import generate
 
 from .common import base_parser, parse, run_and_save, same_function, synchronize, twins, with_engine
 
-METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_mlp", "lora")
+METHODS = ("soft_prompt", "p_tuning_mlp", "deep_prompt", "prefix_tuning", "prefix_tuning_mlp", "lora")
 DEFAULT_SIZES = {  # (B rows, input length, new tokens)
     ("cpu", "toy"): (32, 16, 32), ("cpu", "gpt2-small"): (4, 32, 32),
     ("cuda", "toy"): (64, 16, 64), ("cuda", "gpt2-small"): (32, 128, 128),

@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from methods.registry import canonical
+
 RESULTS = Path(__file__).parent / "results"
 MIB = 2 ** 20
 
 
 def load(name: str) -> list[dict] | None:
     path = RESULTS / name
-    return json.loads(path.read_text())["rows"] if path.exists() else None
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    return [{**r, "method": canonical(r["method"])} for r in rows]  # older files: prefix_mlp
 
 
 def train_table(rows: list[dict]) -> str:

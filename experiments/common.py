@@ -32,6 +32,7 @@ import torch
 
 from methods.compare import RunSettings, run_method
 from methods.prompt_model import PromptModel
+from methods.registry import METHODS
 from methods.train import TrainConfig, TrainResult, train
 from minitransformer import DEFAULT_CHECKPOINT, MiniTransformer, fingerprint, load_checkpoint
 from minitransformer.files import write_json
@@ -39,11 +40,8 @@ from minitransformer.files import write_json
 # Learning rates, pinned here so that re-tuning `methods/compare.py` later does not silently change
 # these experiments. They are the comparison's defaults when the results were made (a sweep on dsc,
 # 1000 steps, seeds 0-2): prompts need steps two orders of magnitude larger than weights.
-LR = {"soft_prompt": 1e-1, "p_tuning_mlp": 1e-2, "p_tuning_lstm": 1e-2, "deep_prompt": 1e-1,
-      "prefix_tuning": 2e-1, "prefix_tuning_mlp": 1e-2, "lora": 1e-2, "full_finetune": 1e-3}
-LABEL = {"soft_prompt": "soft prompt", "p_tuning_mlp": "P-tuning (MLP)", "p_tuning_lstm": "P-tuning (LSTM)",
-         "deep_prompt": "deep prompt", "prefix_tuning": "prefix", "prefix_tuning_mlp": "prefix + MLP",
-         "lora": "LoRA r=4", "full_finetune": "full fine-tuning"}
+LR = {name: m.lr for name, m in METHODS.items()}  # methods/registry.py: one table of names, labels and lrs
+LABEL = {name: m.short_label for name, m in METHODS.items()}
 # --quick: a smoke run of the whole pipeline (tests, CPU), not a result.
 QUICK_SETTINGS = {"batch_size": 8, "n_val": 16, "n_test": 16, "eval_every": 2}
 

@@ -3,7 +3,8 @@
 Reading order: prompt_model (what all methods share), token_init (starting a prompt from
 real tokens) -> soft_prompt -> p_tuning -> deep_prompt -> prefix_tuning; then train (the toy
 loop), freezing (the proof that only the prompt trains), prompt_io (saving a prompt),
-serving (many tasks' prompts in one batch), full_finetune (the reference point).
+serving (many tasks' prompts in one batch), full_finetune (the reference point); registry (every
+method by name, once: what the CLI, experiments, benchmarks and checkpoints read).
 """
 
 from .deep_prompt import DeepPromptConfig, DeepPromptModel

@@ -15,16 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minitransformer import MiniTransformer, format_example, load_checkpoint, sample_inputs
+from minitransformer import MiniTransformer, engine, format_example, load_checkpoint, sample_inputs
 
-from .deep_prompt import DeepPromptConfig, DeepPromptModel
-from .full_finetune import FullFineTuneModel
-from .lora import LoRAConfig, LoRAModel
+from . import registry
 from .nlu_tasks import NLU_TASKS
-from .p_tuning import PTuningConfig, PTuningModel
-from .prefix_tuning import PrefixTuningConfig, PrefixTuningModel
-from .prompt_model import PromptModel
-from .soft_prompt import SoftPromptConfig, SoftPromptModel
 from .train import TrainConfig, TrainResult, train
 
 
@@ -47,13 +41,6 @@ class RunSettings:
     head: str = "linear"  # an understanding task (nlu_tasks.py): "linear" head or "verbalizer"; else unused
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    build: Callable[[MiniTransformer, RunSettings], PromptModel]
-    lr: float
-    label: str
-
-
 def task_name_text(task: str, length: int, seed: int = 0) -> str:
     """Text for TEXT initialisation: demonstrations of `task` ending with its name, `length` characters.
 
@@ -66,29 +53,8 @@ def task_name_text(task: str, length: int, seed: int = 0) -> str:
     return text[-length:]
 
 
-def _soft(base, s):
-    text = (s.init_text or task_name_text(s.task, s.prompt_len, s.seed)) if s.init == "TEXT" else None
-    return SoftPromptModel(base, SoftPromptConfig(s.prompt_len, s.init, text, seed=s.seed))
-
-
-METHODS: dict[str, MethodSpec] = {
-    "soft_prompt": MethodSpec(_soft, 1e-1, "soft prompt"),
-    "p_tuning_mlp": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "MLP", seed=s.seed)),
-                               1e-2, "P-tuning (MLP)"),
-    "p_tuning_lstm": MethodSpec(lambda b, s: PTuningModel(b, PTuningConfig(s.prompt_len, "LSTM", seed=s.seed)),
-                                1e-2, "P-tuning (LSTM)"),
-    "deep_prompt": MethodSpec(lambda b, s: DeepPromptModel(b, DeepPromptConfig(s.prompt_len, seed=s.seed)),
-                              1e-1, "deep prompt"),
-    "prefix_tuning": MethodSpec(lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, seed=s.seed)),
-                                2e-1, "prefix tuning"),
-    "prefix_tuning_mlp": MethodSpec(
-        lambda b, s: PrefixTuningModel(b, PrefixTuningConfig(s.prompt_len, prefix_projection=True, seed=s.seed)),
-        1e-2, "prefix tuning (MLP reparam.)"),
-    "lora": MethodSpec(lambda b, s: LoRAModel(b, LoRAConfig(r=4, seed=s.seed)), 1e-2, "LoRA r=4"),
-    "full_finetune": MethodSpec(lambda b, s: FullFineTuneModel(b), 1e-3, "full fine-tuning"),
-}
-DEFAULT_METHODS = ("soft_prompt", "p_tuning_mlp", "p_tuning_lstm", "deep_prompt", "prefix_tuning", "lora",
-                   "full_finetune")
+METHODS = registry.METHODS  # name -> build, lr, label: one table for the CLI, experiments, benchmarks
+DEFAULT_METHODS = registry.DEFAULT_METHODS
 
 
 def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool = True) -> TrainResult:
@@ -99,6 +65,8 @@ def run_method(base: MiniTransformer, name: str, s: RunSettings, progress: bool 
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     spec = METHODS[name]
     model = spec.build(base, s).to(s.device)
+    if s.device.startswith("cuda"):  # where speed is asked for: the engine's shortcuts (minitransformer/engine.py)
+        engine.enable(model)
     cfg = TrainConfig(task=s.task, with_task_name=s.with_task_name, steps=s.steps, batch_size=s.batch_size,
                       lr=s.lr if s.lr is not None else spec.lr, eval_every=s.eval_every, n_val=s.n_val,
                       n_test=s.n_test, seed=s.seed, precision=s.precision)

@@ -44,6 +44,7 @@ from minitransformer import MiniTransformer, fingerprint
 from minitransformer.checkpoint import HASH_KEY, first_non_finite, tensors_sha256, verify_sha256
 from minitransformer.files import atomic_write, to_json
 
+from . import registry
 from .full_finetune import FullFineTuneModel
 from .heads import NLUModel, head_from_config
 from .p_tuning import PTuningModel
@@ -188,10 +189,11 @@ def load_prompt(base: MiniTransformer, path: str | Path, method: str | None = No
     saved_method = metadata["method"]
     if method is not None and method not in (saved_method, metadata.get("collapsed_from")):
         raise ValueError(f"{path} holds a {saved_method!r} prompt, not {method!r}; load it as {saved_method!r}")
-    if saved_method not in PromptModel.registry:
-        raise ValueError(f"unknown method {saved_method!r} in {path}; known: {sorted(PromptModel.registry)}")
+    cls = registry.checkpoint_class(saved_method)  # methods/registry.py: the one table of methods
+    if cls is None:
+        known = sorted({m.model_class.method_name for m in registry.METHODS.values()})
+        raise ValueError(f"unknown method {saved_method!r} in {path}; known: {known}")
     check_base(base, metadata, path)
-    cls = PromptModel.registry[saved_method]
     try:
         config = cls.config_class(**json.loads(metadata["config"]))
     except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError

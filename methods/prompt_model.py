@@ -79,15 +79,9 @@ class PromptModel(nn.Module):
     Subclasses write `prompt_state` and `hooks_for`.
     """
 
-    method_name: ClassVar[str] = ""
+    method_name: ClassVar[str] = ""  # what a checkpoint calls this class (methods/registry.py lists them)
     config_class: ClassVar[type] = PromptConfig
     prompt_in_cache: ClassVar[bool] = True  # after the first call, the KV cache holds the prompt
-    registry: ClassVar[dict[str, type]] = {}  # method name -> class, filled as method files are imported
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.method_name:
-            PromptModel.registry[cls.method_name] = cls
 
     def __init__(self, base: MiniTransformer, config: PromptConfig) -> None:
         super().__init__()

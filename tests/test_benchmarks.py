@@ -57,7 +57,7 @@ def test_causal_count_is_about_half_the_attention():
     assert full - causal == attention_full * (1 - 210 / 400)  # 210 = 1 + 2 + ... + 20 visible keys
 
 
-@pytest.mark.parametrize("method", ["soft_prompt", "p_tuning_lstm", "prefix_mlp", "lora", "full_finetune"])
+@pytest.mark.parametrize("method", ["soft_prompt", "p_tuning_lstm", "prefix_tuning_mlp", "lora", "full_finetune"])
 def test_twins_compute_the_same_loss(method):
     ours, theirs = twins(method, TINY, 4, "cpu")
     ids = torch.randint(1, TINY.vocab_size, (3, 10), generator=torch.Generator().manual_seed(1))
