@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "length (default: a demonstration of the task ending with its name, e.g. '...=cba.rev:')")
     parser.add_argument("--with-task-name", action="store_true", help="keep the hard prompt `dsc:` in the input")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the frozen base model")
-    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="cpu (the reference model) or cuda (with minitransformer/engine.py's speed shortcuts)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="bf16: train under bfloat16 autocast (for GPUs; default fp32)")
     parser.add_argument("--out", default=None, help="folder for results.json and the plots "
