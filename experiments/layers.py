@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from methods.heads import NLUModel, make_head
 from methods.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
 from methods.train_nlu import HEAD_LR, NLUTrainConfig, train_nlu
+from minitransformer import engine
 
 from .common import LR, Context, base_model, fit, run_jobs, select, stats, summarise
 from .plotting import band, save, subplots
@@ -59,6 +60,8 @@ def train_prefix(checkpoint: str, device: str, settings: dict, layers: list[int]
     """Job: a prefix on `layers` only, trained and tested."""
     config = PrefixTuningConfig(settings["prompt_len"], seed=settings["seed"], prefix_layers=tuple(layers))
     model = PrefixTuningModel(base_model(checkpoint, device), config)
+    if device.startswith("cuda"):  # the engine's shortcuts, as methods.compare.run_method does there
+        engine.enable(model)
     return summarise(fit(model, settings, device), **tags, layers=list(layers))
 
 
@@ -67,6 +70,8 @@ def train_prefix_tagging(checkpoint: str, device: str, settings: dict, layers: l
     base, task, seed = base_model(checkpoint, device), settings["task"], settings["seed"]
     prefix = PrefixTuningModel(base, PrefixTuningConfig(settings["prompt_len"], seed=seed, prefix_layers=tuple(layers)))
     model = NLUModel(prefix.to(device), make_head("linear", task, base.config.d_model, seed).to(device), task)
+    if device.startswith("cuda"):  # the engine's shortcuts, as methods.compare.run_method does there
+        engine.enable(prefix)
     cfg = NLUTrainConfig(task=task, head="linear", steps=settings["steps"], lr=settings["lr"], head_lr=HEAD_LR,
                          eval_every=settings["eval_every"], seed=seed,
                          **{k: settings[k] for k in ("batch_size", "n_val", "n_test") if k in settings})

@@ -30,6 +30,7 @@ import numpy as np
 
 from methods.p_tuning import PTuningConfig, PTuningModel
 from methods.prefix_tuning import PrefixTuningConfig, PrefixTuningModel
+from minitransformer import engine
 
 from .common import LABEL, Context, base_model, fit, run_jobs, select, stats, summarise, train_run
 from .plotting import band, save, subplots
@@ -64,6 +65,8 @@ QUICK = Config(methods=("prefix_tuning", "prefix_tuning_mlp"), lrs=(1e-2, 1e-1),
 def train_residual(checkpoint: str, device: str, method: str, settings: dict, tags: dict) -> dict:
     """Job: one of the RESIDUAL methods, trained and tested."""
     model = RESIDUAL[method][1](base_model(checkpoint, device), settings["prompt_len"], settings["seed"])
+    if device.startswith("cuda"):  # the engine's shortcuts, as methods.compare.run_method does there
+        engine.enable(model)
     result = fit(model, settings, device)
     result.method = method
     return summarise(result, **tags)

@@ -28,6 +28,7 @@ import numpy as np
 from methods.prompt_io import load_prompt, save_prompt
 from methods.soft_prompt import SoftPromptConfig, SoftPromptModel
 from methods.transfer import prompt_similarity, transferred_soft_prompt
+from minitransformer import engine
 from minitransformer.data import PRETRAIN_TASKS
 
 from .common import LR, Context, base_model, fit, run_jobs, run_key, select, stats, summarise
@@ -59,6 +60,8 @@ def train_soft_saved(checkpoint: str, device: str, settings: dict, init: str, so
     base = base_model(checkpoint, device)
     config = SoftPromptConfig(settings["prompt_len"], init, seed=settings["seed"])
     model = transferred_soft_prompt(base, source, config) if source else SoftPromptModel(base, config)
+    if device.startswith("cuda"):  # the engine's shortcuts, as methods.compare.run_method does there
+        engine.enable(model)
     result = fit(model, settings, device)
     save_prompt(model, save_to)
     return summarise(result, **tags, prompt_file=save_to)
