@@ -59,6 +59,41 @@ def generation_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SHORTCUTS = ("causal_kernel", "last_block_cut", "query_cut", "vocab_padding", "prefix_rows", "deep_prompt_as_prefix")
+
+
+def shortcut_table(device: str) -> str | None:
+    """Shortcut -> what the step takes without it (`--disable NAME`) over the step with the engine on, per method;
+    and the reference path alone (`--engine off`). From {device}_shortcuts_{shape}_*.json (ours only)."""
+    lines = []
+    for shape in ("toy", "gpt2"):
+        on, off = load(f"{device}_shortcuts_{shape}_on.json"), load(f"{device}_shortcuts_{shape}_off.json")
+        if not on:
+            on = load(f"{device}_train_{shape}.json")  # the engine on, timed beside peft
+        if not (on and off):
+            continue
+        methods = [r["method"] for r in on]
+        ms_on = {r["method"]: r["ours_ms"] for r in on}
+        header = f"| {shape}: without ... | " + " | ".join(methods) + " |"
+        if not lines:
+            lines += [header, "|---|" + "---:|" * len(methods)]
+        else:
+            lines += [header]
+        rows = [("engine on: ms per step", on)]
+        rows += [(f"`{name}` off", load(f"{device}_shortcuts_{shape}_without_{name}.json")) for name in SHORTCUTS]
+        rows += [("the reference alone (`--engine off`)", off)]
+        for label, table_rows in rows:
+            if not table_rows:
+                continue
+            ms = {r["method"]: r["ours_ms"] for r in table_rows}
+            if table_rows is on:
+                cells = [f"{ms_on[m]:.1f}" for m in methods]
+            else:
+                cells = [f"{ms[m]:.1f} ({100 * (ms[m] / ms_on[m] - 1):+.0f}%)" if m in ms else "" for m in methods]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if lines else None
+
+
 def main() -> None:
     sections = [("CPU: training step, toy, both eager", "cpu_train_toy.json", train_table),
                 ("CPU: training step, toy, ours compiled (`--compile`)", "cpu_train_toy_compiled.json", train_table),
@@ -66,6 +101,7 @@ def main() -> None:
                 ("CPU: training step, toy, ours compiled, repeated", "cpu_train_toy_compiled_repeat.json",
                  train_table),
                 ("CPU: training step, GPT-2 small, both eager", "cpu_train_gpt2.json", train_table),
+                ("CPU: training step, GPT-2 small, both eager, repeated", "cpu_train_gpt2_repeat.json", train_table),
                 ("CPU: training step, GPT-2 small, ours compiled (`--compile`)", "cpu_train_gpt2_compiled.json",
                  train_table),
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
@@ -78,6 +114,11 @@ def main() -> None:
         rows = load(name)
         if rows:
             print(f"### {title}\n\n{table(rows)}\n")
+    for device in ("cpu", "gpu"):
+        table = shortcut_table(device)
+        if table:
+            print(f"### {device.upper()}: what each shortcut saves (ours alone, ms per step; in brackets the "
+                  f"step's time without it over the engine's)\n\n{table}\n")
 
 
 if __name__ == "__main__":
