@@ -85,12 +85,6 @@ def last_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return real & (attention_mask.cumsum(dim=1) == attention_mask.sum(dim=1, keepdim=True))
 
 
-def final_hidden_states(model: PromptModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                        keep: torch.Tensor | None) -> torch.Tensor:
-    """The prompted base's final hidden states at the real tokens, (B, T, C), or (N, C) where `keep` is True."""
-    return model.hidden_states(input_ids, attention_mask, keep)  # each method injects its own way (LoRA: lora.py)
-
-
 class NLUModel(nn.Module):
     """A method and a head on one task: (B, K) class logits, or (B, T, K) tag logits per real token."""
 
@@ -118,7 +112,8 @@ class NLUModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = last_token_mask(input_ids, attention_mask) if self.kind == CLASSIFICATION else None
         if self.head.reads == "hidden":
-            features = final_hidden_states(self.model, input_ids, attention_mask, keep)  # (B, C) or (B, T, C)
+            # each method injects its own way (LoRA: lora.py): (B, C) or (B, T, C)
+            features = self.model.hidden_states(input_ids, attention_mask, keep)
         else:
             features = self.model(input_ids, attention_mask, logits_to_keep=keep)  # (B, V) or (B, T, V)
         return self.head(features)  # (B, K) or (B, T, K)
