@@ -51,6 +51,7 @@ from .p_tuning import PTuningModel
 from .prefix_tuning import PrefixTuningModel
 from .prompt_model import PromptModel
 from .train import TrainState, trainable_parameters
+from .train_state import state_from_tensors, state_to_tensors
 
 FORMAT = "minitransformer-prompt-v1"
 KINDS = ("serving", "training")
@@ -121,12 +122,8 @@ def serving_form(model: PromptModel) -> tuple[str, object, dict[str, torch.Tenso
 
 
 def encode_state(model: PromptModel, state: TrainState | None) -> tuple[dict[str, torch.Tensor], str]:
-    """A `TrainState` as tensors (optimizer moments, random states) plus a JSON header entry (the rest).
-
-    Tensor names: `optimizer/<parameter>/<key>` (e.g. `optimizer/prompt/exp_avg`), `rng/batch`
-    (the batch sampler's 625 Mersenne Twister words), `rng/torch` and `rng/cuda`. A `/` never
-    occurs in a parameter name, so these never collide with the method's own tensors.
-    """
+    """`model`'s run state as tensors plus a JSON header entry (train_state.state_to_tensors),
+    refused unless it is the state of this model's own parameters."""
     if state is None:
         raise ValueError("a training checkpoint needs the run's state: pass state=result.state, from "
                          "train(model, cfg) or train(model, cfg, stop_after=N)")
@@ -134,19 +131,7 @@ def encode_state(model: PromptModel, state: TrainState | None) -> tuple[dict[str
     if state.param_names != names:
         raise ValueError(f"the training state is of the parameters {state.param_names}, this model has {names}; "
                          "pass the state of this model's own run")
-    tensors = {}
-    for index, name in enumerate(state.param_names):
-        for key, value in state.optimizer["state"].get(index, {}).items():
-            tensors[f"optimizer/{name}/{key}"] = torch.as_tensor(value)
-    version, words, gauss_next = state.batch_rng
-    tensors["rng/batch"] = torch.tensor(words, dtype=torch.int64)
-    tensors["rng/torch"] = state.torch_rng
-    if state.cuda_rng is not None:
-        tensors["rng/cuda"] = state.cuda_rng
-    header = {"step": state.step, "config": state.config, "param_names": state.param_names,
-              "param_groups": state.optimizer["param_groups"], "batch_rng": [version, gauss_next],
-              "loss": state.loss, "val_steps": state.val_steps, "val_exact_match": state.val_exact_match,
-              "initial_val_exact_match": state.initial_val_exact_match, "seconds": state.seconds}
+    tensors, header = state_to_tensors(state)
     return tensors, to_json(header, indent=None)
 
 
@@ -241,22 +226,7 @@ def load_train_state(path: str | Path) -> TrainState:
         raise ValueError(f"{path} is a serving checkpoint (collapsed, for inference): it holds no training state; "
                          "resume from a checkpoint saved with save_prompt(..., kind='training', state=result.state)")
     try:
-        saved = json.loads(metadata["train_state"])
-        names = saved["param_names"]
-        optimizer_state = {}
-        for index, name in enumerate(names):
-            prefix = f"optimizer/{name}/"
-            entry = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-            if entry:
-                optimizer_state[index] = entry
-        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in saved["param_groups"]]
-        version, gauss_next = saved["batch_rng"]
-        batch_rng = (version, tuple(tensors["rng/batch"].tolist()), gauss_next)
-        return TrainState(step=saved["step"], config=saved["config"], param_names=names,
-                          optimizer={"state": optimizer_state, "param_groups": groups}, batch_rng=batch_rng,
-                          torch_rng=tensors["rng/torch"], cuda_rng=tensors.get("rng/cuda"), loss=saved["loss"],
-                          val_steps=saved["val_steps"], val_exact_match=saved["val_exact_match"],
-                          initial_val_exact_match=saved["initial_val_exact_match"], seconds=saved["seconds"])
+        return state_from_tensors(json.loads(metadata["train_state"]), tensors)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"the training state in {path} is incomplete or not valid ({error!r}); the header is "
                          "damaged or was written by another version: save the training checkpoint again") from error

@@ -81,3 +81,44 @@ def restore_state(model: PromptModel, cfg: TrainConfig, optimizer: torch.optim.O
     if state.cuda_rng is not None:
         torch.cuda.set_rng_state(state.cuda_rng, next(model.parameters()).device)
     return rng
+
+
+def state_to_tensors(state: TrainState) -> tuple[dict[str, torch.Tensor], dict]:
+    """A `TrainState` as tensors (optimizer moments, random states) plus a JSON-ready dict (the rest).
+
+    Tensor names: `optimizer/<parameter>/<key>` (e.g. `optimizer/prompt/exp_avg`), `rng/batch`
+    (the batch sampler's 625 Mersenne Twister words), `rng/torch` and `rng/cuda`. A `/` never
+    occurs in a parameter name, so these never collide with the method's own tensors.
+    """
+    tensors = {}
+    for index, name in enumerate(state.param_names):
+        for key, value in state.optimizer["state"].get(index, {}).items():
+            tensors[f"optimizer/{name}/{key}"] = torch.as_tensor(value)
+    version, words, gauss_next = state.batch_rng
+    tensors["rng/batch"] = torch.tensor(words, dtype=torch.int64)
+    tensors["rng/torch"] = state.torch_rng
+    if state.cuda_rng is not None:
+        tensors["rng/cuda"] = state.cuda_rng
+    header = {"step": state.step, "config": state.config, "param_names": state.param_names,
+              "param_groups": state.optimizer["param_groups"], "batch_rng": [version, gauss_next],
+              "loss": state.loss, "val_steps": state.val_steps, "val_exact_match": state.val_exact_match,
+              "initial_val_exact_match": state.initial_val_exact_match, "seconds": state.seconds}
+    return tensors, header
+
+
+def state_from_tensors(saved: dict, tensors: dict[str, torch.Tensor]) -> TrainState:
+    """The inverse of `state_to_tensors` (a missing entry raises KeyError, a bad one TypeError/ValueError)."""
+    optimizer_state = {}
+    for index, name in enumerate(saved["param_names"]):
+        prefix = f"optimizer/{name}/"
+        entry = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        if entry:
+            optimizer_state[index] = entry
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in saved["param_groups"]]
+    version, gauss_next = saved["batch_rng"]
+    batch_rng = (version, tuple(tensors["rng/batch"].tolist()), gauss_next)
+    return TrainState(step=saved["step"], config=saved["config"], param_names=saved["param_names"],
+                      optimizer={"state": optimizer_state, "param_groups": groups}, batch_rng=batch_rng,
+                      torch_rng=tensors["rng/torch"], cuda_rng=tensors.get("rng/cuda"), loss=saved["loss"],
+                      val_steps=saved["val_steps"], val_exact_match=saved["val_exact_match"],
+                      initial_val_exact_match=saved["initial_val_exact_match"], seconds=saved["seconds"])
