@@ -35,7 +35,8 @@ Which layers (P-tuning v2 §4.4, "prompt depth"): `prefix_layers` names the laye
 a prefix, e.g. (2, 3) for the top two of four; the others get none (`prefix_kv[l] = None`:
 they attend to the real tokens only). Every stored number belongs to a prefixed layer, so
 the prefix costs P * 2 * C * len(prefix_layers). None (the default) means every layer.
-(One mixed serving batch must use one layer set: a prefix state does not say its layers.)
+(One mixed serving batch must use one layer set: a prefix state does not say its layers, so
+`state_layout` names them and serving refuses a batch that mixes two.)
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ class PrefixTuningModel(PromptModel):
     def hooks_for(self, state, input_ids, attention_mask, first_call):
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "prefix_kv": split_prefix(state, self.base.config, self.layers)}
+
+    def state_layout(self) -> tuple:
+        return ("prefix_layers", self.layers)  # the same (1, P, L' * 2C) on other layers means other numbers
 
     @torch.no_grad()
     def collapse(self) -> None:

@@ -108,6 +108,10 @@ class PromptModel(nn.Module):
         """The keyword arguments for `self.base(...)` given a state of 1 or B rows (None: the cache holds it)."""
         raise NotImplementedError(f"{type(self).__name__} does not take a prompt state")
 
+    def state_layout(self) -> tuple:
+        """What a prompt state means beyond its shape (one serving batch must share it): none by default."""
+        return ()
+
     def needs_state(self, first_call: bool) -> bool:
         """Whether this call must be given the prompt state (always, unless the cache holds it)."""
         return first_call or not self.prompt_in_cache

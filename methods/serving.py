@@ -101,7 +101,7 @@ class PromptRegistry:
     def stacked_state(self, names: Sequence[str], models: list[PromptModel]) -> torch.Tensor:
         """cat of the rows' prompt states: (B, ...). Each task's state is computed once."""
         states = {n: self.models[n].prompt_state() for n in dict.fromkeys(names)}  # (1, ...) per task
-        shapes = {n: tuple(s.shape[1:]) for n, s in states.items()}
+        shapes = {n: (*s.shape[1:], *self.models[n].state_layout()) for n, s in states.items()}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"the prompts of one batch must have one shape, got {shapes}; "
                              "split the batch by prompt length (num_virtual_tokens) and layers")

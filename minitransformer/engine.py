@@ -159,7 +159,7 @@ class FastMiniTransformer(MiniTransformer):
         # front, P placeholder rows ride in front of the stream, and each layer overwrites their
         # keys/values with its prefix (FastAttention.prefix_in_rows): the same attention.
         prefix_rows = prefix_len > 0 and allowed is None and kv_cache is None and hidden_prompts is None \
-            and self.blocks[0].attn.use_sdpa and self.uses("prefix_rows")
+            and all(kv is not None for kv in prefix_kv) and self.blocks[0].attn.use_sdpa and self.uses("prefix_rows")
         if prefix_rows:
             x = torch.cat([x.new_zeros(B, prefix_len, x.shape[2]), x], dim=1)  # (B, P + T, C)
         # The last block's output is read only where logits are: its output projection and MLP
@@ -172,8 +172,9 @@ class FastMiniTransformer(MiniTransformer):
                 prompt = hidden_prompts[layer]  # (B|1, P, C)
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
             prefix = prefix_kv[layer] if prefix_kv is not None else None
+            seen = allowed if prefix is not None or allowed is None else allowed[..., prefix_len:]  # no P columns
             last = layer == len(self.blocks) - 1
-            x = block(x, allowed, prefix, kv_cache, n if last and n < x.shape[1] else None, prefix_rows, cut_queries)
+            x = block(x, seen, prefix, kv_cache, n if last and n < x.shape[1] else None, prefix_rows, cut_queries)
         x = x[:, -n:]  # (B, n, C)
         if isinstance(logits_to_keep, torch.Tensor):
             x = x[logits_to_keep[:, -n:]]  # (N, C)

@@ -14,6 +14,7 @@ every method in `methods/` is built from them alone:
 - `prefix_kv[l] = (k, v)`, each (B or 1, H, P, D): P extra keys/values in front of
   block l's own; every query may attend to them. Prefix tuning uses this. A prefix
   stands for P tokens in front of the input, so by default positions start at P.
+  `prefix_kv[l] = None` leaves layer l without one (a prefix on some layers only).
 - `attention_mask` (B, S): 1 for real tokens, 0 for padding, over the cached and the
   current positions (never the prefix, which is always visible).
 
@@ -126,7 +127,8 @@ class MiniTransformer(nn.Module):
                 prompt = hidden_prompts[layer]  # (B|1, P, C): replaces the first P hidden states
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)
             prefix = prefix_kv[layer] if prefix_kv is not None else None  # (k, v), each (B|1, H, P, D)
-            x = block(x, allowed, prefix, kv_cache)  # (B, T, C)
+            seen = allowed if prefix is not None else allowed[..., prefix_len:]  # no prefix here: no P columns
+            x = block(x, seen, prefix, kv_cache)  # (B, T, C)
         return self.ln_f(rows_read(x, logits_to_keep))  # (B, T or n, C) or (N, C)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

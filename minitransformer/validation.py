@@ -121,8 +121,6 @@ def _check_prefix(config: ModelConfig, prefix_kv, B: int) -> int:
             lengths.add(t.shape[2])
     if len(lengths) > 1:
         raise ValueError(f"every layer's prefix must have the same length P, got lengths {sorted(lengths)}")
-    if any(kv is None for kv in prefix_kv) and lengths:
-        raise ValueError("give every layer a prefix, or none (a zero-length prefix switches one off)")
     return lengths.pop() if lengths else 0
 
 

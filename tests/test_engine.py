@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATOL, METHOD_FACTORIES
+from conftest import ATOL, METHOD_FACTORIES, P
 
-from methods import FullFineTuneModel
+from methods import FullFineTuneModel, PrefixTuningConfig, PrefixTuningModel
 from methods.lora import LoRAModel
 from minitransformer import CharTokenizer, engine, generate
 from minitransformer.data import IGNORE_INDEX, example_batch
@@ -22,7 +22,9 @@ from minitransformer.engine import BOTH, POLICY, Rule, only
 # a prefix rides in placeholder rows only where attention masks causally itself
 POLICIES = {name: only(name, "causal_kernel") if name == "prefix_rows" else only(name) for name in POLICY}
 POLICIES.update({"all": engine.ALL_ON, "cpu": engine.acting_as("cpu"), "gpu": engine.acting_as("cuda")})
-METHODS = {**METHOD_FACTORIES, "lora": lambda base: lora_with_update(base), "full_finetune": FullFineTuneModel}
+METHODS = {**METHOD_FACTORIES, "lora": lambda base: lora_with_update(base), "full_finetune": FullFineTuneModel,
+           # a prefix on layers 0 and 2 only: layer 1 attends without the P prefix columns
+           "prefix_some_layers": lambda base: PrefixTuningModel(base, PrefixTuningConfig(P, prefix_layers=(0, 2)))}
 
 
 def lora_with_update(base):

@@ -17,6 +17,8 @@ from methods import (
     DeepPromptConfig,
     DeepPromptModel,
     FullFineTuneModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
     PromptRegistry,
     SoftPromptConfig,
     SoftPromptModel,
@@ -180,18 +182,23 @@ def mixed_registry(small_model):
     registry.add("prefix", METHODS["prefix"](small_model, seed=0))
     registry.add("deep_all", DeepPromptModel(small_model, DeepPromptConfig(P)))
     registry.add("deep_two", DeepPromptModel(small_model, DeepPromptConfig(P, prompt_layers=2)))
+    registry.add("prefix_bottom", PrefixTuningModel(small_model, PrefixTuningConfig(P, prefix_layers=(0,))))
+    registry.add("prefix_top", PrefixTuningModel(small_model, PrefixTuningConfig(P, prefix_layers=(2,))))
     return registry
 
 
 IDS, MASK = pad(ROWS[:2], [0, 0])
 REGISTRY_REFUSALS = {  # name: (call on (registry, base), message)
     "unknown task": (lambda r, b: r.forward(["task0", "xyz"], IDS, MASK),
-                     r"unknown task 'xyz' \(row 1\); known tasks: \['deep_all', 'deep_two', 'prefix', 'short', "
-                     r"'task0', 'task1'\]"),
+                     r"unknown task 'xyz' \(row 1\); known tasks: \['deep_all', 'deep_two', 'prefix', 'prefix_bottom', "
+                     r"'prefix_top', 'short', 'task0', 'task1'\]"),
     "two methods": (lambda r, b: r.forward(["task0", "prefix"], IDS, MASK),
                     "one batch must use one method, but its tasks use .*split the batch by method"),
     "two prompt lengths": (lambda r, b: r.forward(["task0", "short"], IDS, MASK), "must have one shape"),
     "two depths": (lambda r, b: r.forward(["deep_all", "deep_two"], IDS, MASK), "must have one shape"),
+    # the same state shape, (1, P, 2C), for another layer: planted, a batch that stacks them anyway
+    "two layer sets": (lambda r, b: r.forward(["prefix_bottom", "prefix_top"], IDS, MASK),
+                       r"must have one shape.*prefix_layers.*\(0,\).*prefix_layers.*\(2,\)"),
     "too few names": (lambda r, b: r.forward(["task0"], IDS, MASK), "got 1 task names for a batch of 2"),
     "one string": (lambda r, b: r.forward("task0", IDS, MASK), r"one task name per row, e.g. \['task0'\] \* 2"),
     "empty batch": (lambda r, b: r.forward([], IDS[:0], MASK[:0]), "empty batch"),
