@@ -71,6 +71,7 @@ class DeepPromptConfig(PromptConfig):
 
 class DeepPromptModel(PromptModel):
     method_name = "deep_prompt"
+    injects = "hidden_states"  # the hidden states entering every layer
     config_class = DeepPromptConfig
 
     def __init__(self, base: MiniTransformer, config: DeepPromptConfig | None = None) -> None:

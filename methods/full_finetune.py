@@ -35,6 +35,7 @@ class FullFineTuneConfig:
 
 class FullFineTuneModel(PromptModel):
     method_name = "full_finetune"
+    injects = "weights"  # every weight of a copy of the model
     config_class = FullFineTuneConfig
 
     def __init__(self, base: MiniTransformer, config: FullFineTuneConfig | None = None) -> None:

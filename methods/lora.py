@@ -82,6 +82,7 @@ def target_layers(base: MiniTransformer, targets: tuple[str, ...]) -> list[str]:
 
 class LoRAModel(PromptModel):
     method_name = "lora"
+    injects = "weights"  # a low-rank update of chosen weight matrices
     config_class = LoRAConfig
 
     def __init__(self, base: MiniTransformer, config: LoRAConfig | None = None) -> None:

@@ -87,6 +87,7 @@ class PromptEncoder(nn.Module):
 
 class PTuningModel(PromptModel):
     method_name = "p_tuning"
+    injects = "input_embeddings"  # the encoder's vectors in front of the input embeddings
     config_class = PTuningConfig
 
     def __init__(self, base: MiniTransformer, config: PTuningConfig | None = None) -> None:

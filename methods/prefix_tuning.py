@@ -125,6 +125,7 @@ class ResidualMLP(nn.Module):
 
 class PrefixTuningModel(PromptModel):
     method_name = "prefix_tuning"
+    injects = "keys_values"  # keys and values in front of every layer's own
     config_class = PrefixTuningConfig
     prompt_in_cache = False  # the prefix lives outside the sequence and the cache: it goes in on every call
 

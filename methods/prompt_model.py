@@ -80,6 +80,7 @@ class PromptModel(nn.Module):
     """
 
     method_name: ClassVar[str] = ""  # what a checkpoint calls this class (methods/registry.py lists them)
+    injects: ClassVar[str] = ""  # where the trained numbers enter the frozen model (methods/injection.py draws it)
     config_class: ClassVar[type] = PromptConfig
     prompt_in_cache: ClassVar[bool] = True  # after the first call, the KV cache holds the prompt
 

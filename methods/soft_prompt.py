@@ -61,6 +61,7 @@ def initial_prompt(base: MiniTransformer, config: SoftPromptConfig) -> torch.Ten
 
 class SoftPromptModel(PromptModel):
     method_name = "soft_prompt"
+    injects = "input_embeddings"  # learned vectors in front of the input embeddings
     config_class = SoftPromptConfig
 
     def __init__(self, base: MiniTransformer, config: SoftPromptConfig | None = None) -> None:
