@@ -215,7 +215,7 @@ def training_flops(method: str, shape: Shape, B: int, T: int, P: int, graded: in
     position (full fine-tuning adds the weight gradients: 6x). The blocks run on P + T
     positions when the prompt is made of positions, on T otherwise; the head runs on the
     `graded` positions of each row, where the loss is taken, and so do the last block's
-    output projection and MLP (9 C^2 of its 12 C^2: `model.positions_read`). Attention,
+    output projection and MLP (9 C^2 of its 12 C^2: `engine_model.positions_read`). Attention,
     per layer and query: 4 C FLOPs per visible key forward (q k^T and weights @ v), twice
     that backward; causal masking hides half the keys, and we count only the visible ones
     (`causal=False` counts every key, the convention of PaLM's MFU, Megatron and nanoGPT).

@@ -32,8 +32,8 @@ from torch import nn
 
 from minitransformer import MiniTransformer
 
-from .prompt_model import PromptConfig, PromptModel, check_choice, check_int, prepend_prompt
-from .soft_prompt import SoftPromptConfig, SoftPromptModel
+from .prompt_model import PromptConfig, PromptModel, check_choice, check_int
+from .soft_prompt import SoftPromptConfig, SoftPromptModel, prepend_prompt
 from .token_init import sample_token_ids
 
 ENCODERS = ("MLP", "LSTM", "RESIDUAL_MLP")

@@ -234,12 +234,3 @@ def kept_with_cache(kv_cache: KVCache | None, key: str, make):
     if is_first_call(kv_cache) or key not in kv_cache.extras:
         kv_cache.extras[key] = make()
     return kv_cache.extras[key]
-
-
-def __getattr__(name: str):
-    # `prepend_prompt`, the soft prompt's concatenation, lives in soft_prompt.py with its idea;
-    # the old import `from .prompt_model import prepend_prompt` keeps working.
-    if name == "prepend_prompt":
-        from .soft_prompt import prepend_prompt
-        return prepend_prompt
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

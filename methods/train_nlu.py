@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from minitransformer import CharTokenizer, MiniTransformer
+from minitransformer import CharTokenizer, MiniTransformer, engine
 from minitransformer.data import IGNORE_INDEX
 from minitransformer.pretrain import cosine_lr
 
@@ -166,6 +166,8 @@ def build_nlu_model(base: MiniTransformer, name: str, settings: RunSettings, tas
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     model = METHODS[name].build(base, settings).to(settings.device)
+    if settings.device.startswith("cuda"):  # where speed is asked for: the engine's shortcuts, as compare.py does
+        engine.enable(model)
     return NLUModel(model, make_head(head, task, base.config.d_model, settings.seed), task)
 
 

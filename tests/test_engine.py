@@ -97,7 +97,11 @@ def test_the_policy_names_real_shortcuts(small_model):
 
 
 def test_the_reference_never_imports_the_engine():
+    """Planted: `from .engine import ...` in model.py (say, to switch a shortcut on from the reference)."""
+    import ast
+    from pathlib import Path
     for name in ("attention", "block", "model"):
-        source = (__import__("pathlib").Path(engine.__file__).parent / f"{name}.py").read_text()
-        assert "engine" not in source.replace("engine.py", "").replace("engine.enable", "") \
-            .replace("tests/test_engine.py", ""), name
+        tree = ast.parse((Path(engine.__file__).parent / f"{name}.py").read_text())
+        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [m for m in imported if "engine" in m], (name, imported)

@@ -26,7 +26,7 @@ from methods.nlu_tasks import (
 )
 from methods.serving import PromptRegistry
 from methods.train_nlu import NLUTrainConfig, nlu_loss, train_nlu
-from minitransformer import CharTokenizer
+from minitransformer import CharTokenizer, engine
 from minitransformer.data import TASKS
 
 
@@ -86,6 +86,27 @@ def test_only_the_prompt_and_head_train(name, task, head, small_model):
     report = check_freezing(model, batch_of(task), steps=2, loss_fn=nlu_loss)
     assert report.ok, str(report)
     assert ("head.score.weight" in report.prompt_parameters) == (head == "linear")
+
+
+@pytest.mark.parametrize("head", ["linear", "verbalizer"])
+@pytest.mark.parametrize("task", NLU_TASKS)
+@pytest.mark.parametrize("name", ["soft_prompt", "deep_prompt", "prefix"])
+def test_a_head_reads_the_same_with_the_engine_on(name, task, head, small_model):
+    """What `--device cuda` trains (the engine's GPU shortcuts, run here on a CPU) equals the reference:
+    the loss and every trained gradient. Planted: the engine's last-block cut reading the wrong rows."""
+    def loss_and_grads(model):
+        model.zero_grad()
+        loss = nlu_loss(model, batch_of(task))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model = NLUModel(method(name, small_model), make_head(head, task, 32), task)
+    reference = loss_and_grads(model)
+    engine.enable(model.model, policy=engine.acting_as("cuda"))
+    try:
+        torch.testing.assert_close(loss_and_grads(model), reference, rtol=0, atol=ATOL)
+    finally:
+        engine.disable(model.model)
 
 
 @pytest.mark.parametrize("head", ["linear", "verbalizer"])
