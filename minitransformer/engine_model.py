@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attention_allowed
-from .model import MiniTransformer, check_context
-from .validation import check_forward_inputs, check_logits_to_keep
+from .model import MiniTransformer
+from .validation import check_context, check_forward_inputs, check_logits_to_keep
 
 
 class FastMiniTransformer(MiniTransformer):

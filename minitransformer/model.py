@@ -42,7 +42,7 @@ from torch import nn
 from .attention import KVCache, attention_allowed
 from .block import Block
 from .config import ModelConfig
-from .validation import check_forward_inputs, check_logits_to_keep
+from .validation import check_context, check_forward_inputs, check_logits_to_keep
 
 PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -143,13 +143,3 @@ def rows_read(x: torch.Tensor, logits_to_keep: int | torch.Tensor | None) -> tor
     if isinstance(logits_to_keep, int):
         return x[:, -logits_to_keep:]  # (B, n, C)
     return x[logits_to_keep]  # (N, C)
-
-
-def check_context(config: ModelConfig, position_ids: torch.Tensor, positions: int) -> None:
-    """Refuse a position the position table does not have (an input check, kept out of the math)."""
-    last_position = int(position_ids.max())
-    if last_position >= config.block_size:
-        raise ValueError(
-            f"position {last_position} is past the context length block_size={config.block_size} "
-            f"(prompt/prefix + input = {positions} positions); shorten the input or the prompt"
-        )

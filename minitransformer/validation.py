@@ -136,3 +136,13 @@ def check_logits_to_keep(logits_to_keep, B: int, T: int) -> None:
     elif logits_to_keep.dtype != torch.bool or tuple(logits_to_keep.shape) != (B, T):
         raise ValueError(f"a logits_to_keep mask must be bool of shape (B, T) = {(B, T)}, got "
                          f"{logits_to_keep.dtype} {tuple(logits_to_keep.shape)}")
+
+
+def check_context(config: ModelConfig, position_ids: torch.Tensor, positions: int) -> None:
+    """Refuse a position the position table does not have."""
+    last_position = int(position_ids.max())
+    if last_position >= config.block_size:
+        raise ValueError(
+            f"position {last_position} is past the context length block_size={config.block_size} "
+            f"(prompt/prefix + input = {positions} positions); shorten the input or the prompt"
+        )
