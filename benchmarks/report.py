@@ -68,11 +68,11 @@ def shortcut_table(device: str) -> str | None:
     lines = []
     for shape in ("toy", "gpt2"):
         on, off = load(f"{device}_shortcuts_{shape}_on.json"), load(f"{device}_shortcuts_{shape}_off.json")
-        if not on:
-            on = load(f"{device}_train_{shape}.json")  # the engine on, timed beside peft
+        if not on:  # the engine on, timed beside peft (CPU) or for the MFU (GPU, the same command and machine)
+            on = load(f"{device}_train_{shape}.json") or (load("gpu_mfu.json") if device == "gpu" else None)
         if not (on and off):
             continue
-        methods = [r["method"] for r in on]
+        methods = [r["method"] for r in on if r["method"] in {o["method"] for o in off}]
         ms_on = {r["method"]: r["ours_ms"] for r in on}
         header = f"| {shape}: without ... | " + " | ".join(methods) + " |"
         if not lines:
@@ -105,8 +105,10 @@ def main() -> None:
                 ("CPU: training step, GPT-2 small, ours compiled (`--compile`)", "cpu_train_gpt2_compiled.json",
                  train_table),
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
-                ("GPU: prompt-training MFU (ours, bf16, compiled)", "gpu_mfu.json", mfu_table),
-                ("GPU: prompt-training MFU, the six prompt methods repeated on another start of the machine",
+                ("GPU: prompt-training MFU (ours, bf16, compiled), the engine on, one H200", "gpu_mfu.json",
+                 mfu_table),
+                ("GPU: the same before the engine split, one H100", "gpu_mfu_h100.json", mfu_table),
+                ("GPU: the six prompt methods before the engine split, another start of the H100",
                  "gpu_mfu_repeat.json", mfu_table),
                 ("GPU: training step, both eager, bf16", "gpu_train_vs_peft.json", train_table),
                 ("GPU: cached greedy generation, bf16", "gpu_generation.json", generation_table)]
