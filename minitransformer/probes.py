@@ -88,16 +88,19 @@ def attention_weights(model, *args, **kwargs) -> list[torch.Tensor]:
     one has only the sequence's S keys (the cache, then this call's). Dropout is not applied.
     """
     seen = run_with_hooks(model, [b.attn for b in base_of(model).blocks], "pre", attention_inputs, args, kwargs)
-    weights = []
-    for attn, x, allowed, prefix, past_k, _ in seen:
-        B, T, C = x.shape
-        q, k, _ = (attn.split_heads(t) for t in attn.c_attn(x).split(C, dim=2))  # (B, H, T, D) each
-        if past_k is not None:
-            k = torch.cat([past_k, k], dim=2)  # (B, H, S, D): the cached keys first
-        if prefix is not None:
-            k = torch.cat([prefix[0].to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
-        if allowed is None:  # plain causal: the T queries are the last T of the keys' positions
-            allowed = causal_mask(T, k.shape[2], x.device)  # (T, K)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)  # (B, H, T, K)
-        weights.append(F.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1))
-    return weights
+    return [recomputed_weights(attn, x, allowed, prefix, past_k) for attn, x, allowed, prefix, past_k, _ in seen]
+
+
+@torch.no_grad()
+def recomputed_weights(attn, x, allowed, prefix, past_k) -> torch.Tensor:
+    """One layer's softmax(q k^T / sqrt(D)) from what its attention module was handed, (B, H, T, K)."""
+    B, T, C = x.shape
+    q, k, _ = (attn.split_heads(t) for t in attn.c_attn(x).split(C, dim=2))  # (B, H, T, D) each
+    if past_k is not None:
+        k = torch.cat([past_k, k], dim=2)  # (B, H, S, D): the cached keys first
+    if prefix is not None:
+        k = torch.cat([prefix[0].to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
+    if allowed is None:  # plain causal: the T queries are the last T of the keys' positions
+        allowed = causal_mask(T, k.shape[2], x.device)  # (T, K)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)  # (B, H, T, K)
+    return F.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)

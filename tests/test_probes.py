@@ -53,6 +53,7 @@ def check_weights_reproduce_attention(base, model, *args, **kwargs):
     for block, w, (x, _, prefix, _), out in zip(base.blocks, weights, received, returned):
         B, T, C = x.shape
         assert torch.allclose(w.sum(-1), torch.ones(()), atol=ATOL)  # each query's weights sum to 1
+        assert not w.requires_grad  # read, not part of a graph
         _, v = block.attn.keys_values(x)  # (B, H, T, D)
         if prefix is not None:
             v = torch.cat([prefix[1].expand(B, -1, -1, -1), v], dim=2)  # (B, H, P + T, D)
