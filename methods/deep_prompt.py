@@ -1,9 +1,13 @@
 """Deep prompt tuning, layerwise form (the idea of P-tuning v2: Liu et al. 2022, §3.2).
 
-A soft prompt acts only at the input. Its influence has to survive every block above it,
-and in a small model it fades: each layer mixes the prompt positions with the real
-tokens, and by the top the prompt is one voice among many. Deep prompts give every layer
-its own P vectors:
+A soft prompt acts only at the input: every layer above sees only what the frozen layers
+below made of it. The argument for deep prompts is that such a prompt's influence fades on
+its way up a deep model. In this project's 4-layer base it does not: lesson 07 measures
+that swapping a trained soft prompt for its starting point changes the real tokens' states
+by more, not less, at every layer up, and that the real queries attend to it at every
+layer. What a deep prompt adds here is freedom (a directly trained vector at every layer,
+instead of whatever the frozen layers make of the input prompt), not reach. Deep prompts
+give every layer its own P vectors:
 
     layer 0:   h_0 = [p^0_1..p^0_P, E[x]] + W_pos           prepended, as a soft prompt
     layer l>0: h_{l-1}[:, :P] := p^l_1..p^l_P                the prompt positions are overwritten
