@@ -125,10 +125,10 @@ def draw_injection(highlight: str | None = None, ax=None):
     ax.text(8.45, y + 2.95, "x L blocks:  x = x + attention(LN(x)),  then  x = x + MLP(LN(x))", ha="center",
             fontsize=7.5, color="#666666")
     box(ax, 13.75, y - 0.45, 0.8, 0.9, "LN")
-    box(ax, 14.95, y - 0.45, 1.45, 0.9, "tied head\nE$^T$")
-    arrow(ax, (14.55, y), (14.95, y))
-    arrow(ax, (16.4, y), (16.8, y))
-    ax.text(16.85, y, "next-token\nlogits", va="center", fontsize=7)
+    box(ax, 14.9, y - 0.45, 1.35, 0.9, "tied head\nE$^T$")
+    arrow(ax, (14.55, y), (14.9, y))
+    arrow(ax, (16.25, y), (16.55, y))
+    ax.text(16.6, y, "logits", va="center", fontsize=8)
 
     c = colour_of("input_embeddings")  # soft prompt, P-tuning: vectors in front of the input
     vectors(ax, 2.25, y - 1.45, c)
