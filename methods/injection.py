@@ -1,6 +1,6 @@
 """One picture of where each method's trained numbers enter the frozen model.
 
-    tokens -> E[x] + W_pos -> block 1 .. block L -> LayerNorm -> tied head E^T
+    tokens -> E[x] + W_pos -> block 0 .. block L-1 -> LayerNorm -> tied head E^T
 
 Every method leaves the base model's weights as they are (LoRA and full fine-tuning, drawn
 for comparison, do not) and enters it at one of four sites, its class's `injects`:
@@ -118,7 +118,7 @@ def draw_injection(highlight: str | None = None, ax=None):
     box(ax, 1.65, y - 0.45, 1.95, 0.9, "E[x] + W$_{pos}$\nembeddings")
     arrow(ax, (1.25, y), (1.65, y))
     ax.plot([3.6, 13.75], [y, y], color=EDGE, lw=1.2, zorder=1)  # the residual stream through the blocks
-    blocks = [draw_block(ax, 4.0, y, "block 1", colour_of), draw_block(ax, 8.6, y, "block 2", colour_of)]
+    blocks = [draw_block(ax, 4.0, y, "block 0", colour_of), draw_block(ax, 8.6, y, "block 1", colour_of)]
     ax.text(13.3, y + 0.2, "...", ha="center", fontsize=10)
     ax.annotate("", (4.0, y + 2.85), (12.9, y + 2.85), arrowprops={"arrowstyle": "|-|", "color": "#888888",
                                                                    "mutation_scale": 3, "lw": 0.8})

@@ -19,8 +19,8 @@ so during training they are produced by a small MLP from a smaller matrix,
 After training the MLP is not needed: `collapse()` runs it once and keeps only its
 output, the P * 2 * C * L numbers, and the logits are unchanged (a test checks this).
 
-Without the MLP, the prefix starts from the keys/values of P random real tokens (§7.2:
-initialising with real words' activations trains better than noise).
+Without the MLP, the prefix starts from the keys/values of P random real tokens (§7.4:
+initialising with real words' activations trains better than noise, above all with little data).
 
 Residual reparameterisation (Razdaibiedina et al. 2023, "Residual Prompt Tuning", §3),
 `encoder_reparameterization_type="RESIDUAL_MLP"`: the MLP is put *beside* the prefix, not

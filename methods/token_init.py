@@ -1,7 +1,7 @@
 """Starting a prompt from real tokens instead of noise.
 
-Li & Liang (2021, §7.2) found that a prefix initialised with the activations of real words
-trains better than a random one, and Lester et al. (2021, §3.2) that a soft prompt started
+Li & Liang (2021, §7.4) found that a prefix initialised with the activations of real words
+trains better than a random one (in their low-data settings), and Lester et al. (2021, §3.2) that a soft prompt started
 from vocabulary embeddings beats noise for smaller models. Two helpers serve every method
 that does this (soft prompt, deep prompt, prefix tuning): draw P real token ids, and read
 what the frozen model computes for them at every layer.
@@ -19,7 +19,7 @@ def activations_of_tokens(base: MiniTransformer, token_ids: torch.Tensor) -> tup
     """Hidden states entering each block, and each block's keys/values, for a row of real tokens.
 
     Returns `hidden` (L entries of (P, C)) and `keys_values` (L pairs of (H, P, D)). Deep
-    prompts and prefixes can start from these instead of noise: Li & Liang (2021, §7.2)
+    prompts and prefixes can start from these instead of noise: Li & Liang (2021, §7.4)
     found that initialising a prefix with the activations of real words trains better.
     """
     entering = []
