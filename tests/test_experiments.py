@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from test_beyond import needs_partial_prefix
 
 from experiments import ensemble, layers, packing, reparameterisation, transfer
 from experiments.__main__ import EXPERIMENTS, main
@@ -97,7 +96,6 @@ def is_png(path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@needs_partial_prefix
 def test_layers_quick_run_trains_a_prefix_on_every_layer_set_and_plots(tmp_path, one_thread):
     report = layers.run(Context(seeds=(0,), quick=True, cache=str(tmp_path / "cache")))
     sets = layers.layer_sets(report["n_layer"])
