@@ -66,25 +66,21 @@ def shortcut_table(device: str) -> str | None:
     """Shortcut -> what the step takes without it (`--disable NAME`) over the step with the engine on, per method;
     and the reference path alone (`--engine off`). From {device}_shortcuts_{shape}_*.json (ours only)."""
     lines = []
-    for shape in ("toy", "gpt2"):
+    for shape in ("toy", "gpt2", "gpt2_b"):  # gpt2_b: GPT-2 small again, on another start of the machine
         on, off = load(f"{device}_shortcuts_{shape}_on.json"), load(f"{device}_shortcuts_{shape}_off.json")
-        if not on:  # the engine on, timed beside peft (CPU) or for the MFU (GPU, the same command and machine)
+        if not on and shape != "gpt2_b":  # the engine on, timed beside peft (CPU) or for the MFU (GPU, same start)
             on = load(f"{device}_train_{shape}.json") or (load("gpu_mfu.json") if device == "gpu" else None)
-        if not (on and off):
+        others = [(f"`{name}` off", load(f"{device}_shortcuts_{shape}_without_{name}.json")) for name in SHORTCUTS]
+        others = [(label, rows) for label, rows in [*others, ("the reference alone (`--engine off`)", off)] if rows]
+        if not (on and others):
             continue
-        methods = [r["method"] for r in on if r["method"] in {o["method"] for o in off}]
+        measured = {r["method"] for _, rows in others for r in rows}
+        methods = [r["method"] for r in on if r["method"] in measured]
         ms_on = {r["method"]: r["ours_ms"] for r in on}
         header = f"| {shape}: without ... | " + " | ".join(methods) + " |"
-        if not lines:
-            lines += [header, "|---|" + "---:|" * len(methods)]
-        else:
-            lines += [header]
-        rows = [("engine on: ms per step", on)]
-        rows += [(f"`{name}` off", load(f"{device}_shortcuts_{shape}_without_{name}.json")) for name in SHORTCUTS]
-        rows += [("the reference alone (`--engine off`)", off)]
+        lines += [header, "|---|" + "---:|" * len(methods)] if not lines else [header]
+        rows = [("engine on: ms per step", on), *others]
         for label, table_rows in rows:
-            if not table_rows:
-                continue
             ms = {r["method"]: r["ours_ms"] for r in table_rows}
             if table_rows is on:
                 cells = [f"{ms_on[m]:.1f}" for m in methods]
