@@ -70,8 +70,9 @@ def shortcut_table(device: str) -> str | None:
         on, off = load(f"{device}_shortcuts_{shape}_on.json"), load(f"{device}_shortcuts_{shape}_off.json")
         if not on and shape != "gpt2_b":  # the engine on, timed beside peft (CPU) or for the MFU (GPU, same start)
             on = load(f"{device}_train_{shape}.json") or (load("gpu_mfu.json") if device == "gpu" else None)
-        others = [(f"`{name}` off", load(f"{device}_shortcuts_{shape}_without_{name}.json")) for name in SHORTCUTS]
-        others = [(label, rows) for label, rows in [*others, ("the reference alone (`--engine off`)", off)] if rows]
+        candidates = [*((f"`{name}` off", load(f"{device}_shortcuts_{shape}_without_{name}.json"))
+                        for name in SHORTCUTS), ("the reference alone (`--engine off`)", off)]
+        others = [(label, rows) for label, rows in candidates if rows]  # the rows measured for this shape
         if not (on and others):
             continue
         measured = {r["method"] for _, rows in others for r in rows}
