@@ -81,7 +81,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
-        allowed: torch.Tensor | None,  # (B, 1, T, P + S) bool: may query i see key j? None: plain causal
+        allowed: torch.Tensor,  # (B, 1, T, P + S) or (T, P + S) bool: may query i see key j?
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B|1, H, P, D) each
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
@@ -93,8 +93,7 @@ class CausalSelfAttention(nn.Module):
             prefix_k, prefix_v = prefix  # (in k's dtype: under bf16 a prefix parameter is still fp32)
             k = torch.cat([prefix_k.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
             v = torch.cat([prefix_v.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
-        if allowed is None:  # nothing padded: the T queries are the last T of the keys' positions
-            allowed = causal_mask(T, k.shape[2], x.device)  # (T, P + S)
+        allowed = allowed[..., -k.shape[2]:]  # the mask's columns for these keys (a layer without a prefix: the last S)
 
         if self.use_sdpa:  # the same four lines as below, fused into one kernel
             dropout = self.attn_dropout.p if self.training else 0.0

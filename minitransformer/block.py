@@ -41,7 +41,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
-        allowed: torch.Tensor | None,  # (B, 1, T, P + S) bool; None: plain causal
+        allowed: torch.Tensor,  # (B, 1, T, P + S) bool: may query i see key j?
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B|1, H, P, D) each
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:

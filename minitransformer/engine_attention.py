@@ -48,6 +48,8 @@ class FastAttention(CausalSelfAttention):
             prefix_k, prefix_v = prefix
             k = torch.cat([prefix_k.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
             v = torch.cat([prefix_v.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+        if allowed is not None:
+            allowed = allowed[..., -k.shape[2]:]  # the mask's columns for these keys (no prefix here: the last S)
         if last_queries is not None:
             q = q[:, :, -last_queries:]  # (B, H, n, D)
             allowed = allowed[:, :, -last_queries:] if allowed is not None else None  # (B, 1, n, P + S)

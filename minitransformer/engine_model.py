@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .attention import attention_allowed
 from .model import MiniTransformer
-from .validation import check_context, check_forward_inputs, check_logits_to_keep
+from .validation import check_context, check_forward_inputs, check_logits_to_keep, per_layer
 
 
 class FastMiniTransformer(MiniTransformer):
@@ -64,14 +64,12 @@ class FastMiniTransformer(MiniTransformer):
         # with query_cut only those n are queries too).
         n = positions_read(logits_to_keep, T) if self.uses("last_block_cut") else T
         cut_queries = self.uses("query_cut")
-        for layer, block in enumerate(self.blocks):
-            if hidden_prompts is not None and hidden_prompts[layer] is not None:
-                prompt = hidden_prompts[layer]  # (B|1, P, C)
+        layers = zip(self.blocks, per_layer(hidden_prompts, self.config), per_layer(prefix_kv, self.config))
+        for block, prompt, prefix in layers:
+            if prompt is not None:  # (B|1, P, C)
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)  # replace first P
-            prefix = prefix_kv[layer] if prefix_kv is not None else None
-            seen = allowed if prefix is not None or allowed is None else allowed[..., prefix_len:]  # no P columns
-            last = layer == len(self.blocks) - 1
-            x = block(x, seen, prefix, kv_cache, n if last and n < x.shape[1] else None, prefix_rows, cut_queries)
+            last = block is self.blocks[-1]
+            x = block(x, allowed, prefix, kv_cache, n if last and n < x.shape[1] else None, prefix_rows, cut_queries)
         x = x[:, -n:]  # (B, n, C)
         if isinstance(logits_to_keep, torch.Tensor):
             x = x[logits_to_keep[:, -n:]]  # (N, C)
@@ -109,14 +107,15 @@ class FastMiniTransformer(MiniTransformer):
         tokens read from those positions is only their keys and values,
         block_l.attn.c_attn(block_l.ln_1(p_l))[:, C:]; their own outputs are overwritten by the
         next layer's prompt, or never read. So the same function is: those keys and values as
-        a prefix, and the real tokens alone through the blocks. They are made for all L layers
-        at once, each with its own LayerNorm and projection weights stacked along a batch
-        dimension: three kernels instead of ~3 L tiny ones (a GPU otherwise waits at the start
-        of every step while the host launches each). Exact when the prompt is at every layer
+        a prefix, and the real tokens alone through the blocks. They are made in two groups,
+        layer 0's from the B input rows and the others' from the prompts themselves (one copy,
+        not B), each group's LayerNorm and projection weights stacked along a batch dimension:
+        six kernels instead of ~3 L tiny ones (a GPU otherwise waits at the start of every step
+        while the host launches each). Exact when the prompt is at every layer
         (layer 0's in the input rows), no cache, no prefix, default positions, the prompt
         positions unpadded and their logits not read.
         """
-        L, C = self.config.n_layer, self.config.d_model
+        L = self.config.n_layer
         if inputs_embeds is None or inputs_embeds.dim() != 3 or len(hidden_prompts) != L or L < 2 \
                 or hidden_prompts[-1] is None:
             return None
@@ -130,25 +129,34 @@ class FastMiniTransformer(MiniTransformer):
             return None
         if attention_mask is not None and not bool(attention_mask[:, :P].all()):
             return None  # padded prompt positions: the reference's business
-        B = inputs_embeds.shape[0]
         layer_0 = inputs_embeds[:, :P] + self.wpe.weight[:P]  # (B, P, C): what enters block 0 there
-        hidden = torch.stack([layer_0] + [p.to(layer_0.dtype).expand(B, -1, -1) for p in hidden_prompts[1:]])
-        ln_1s, c_attns = [b.ln_1 for b in self.blocks], [b.attn.c_attn for b in self.blocks]
-        normed = F.layer_norm(hidden, (C,), eps=ln_1s[0].eps) * torch.stack([ln.weight for ln in ln_1s])[:, None, None]
-        if self.config.bias:
-            normed = normed + torch.stack([ln.bias for ln in ln_1s])[:, None, None]  # (L, B, P, C): each ln_1
-        keys_values = normed @ torch.stack([a.weight[C:] for a in c_attns]).transpose(1, 2)[:, None]  # (L, B, P, 2C)
-        if self.config.bias:
-            keys_values = keys_values + torch.stack([a.bias[C:] for a in c_attns])[:, None, None]  # each c_attn's
-        H, D = self.config.n_head, self.config.head_dim
-        kv = keys_values.view(L, B, P, 2, H, D).permute(0, 3, 1, 4, 2, 5)  # (L, 2, B, H, P, D)
-        prefix = [(kv[l, 0], kv[l, 1]) for l in range(L)]
+        batch = max(p.shape[0] for p in hidden_prompts[1:])  # 1 unless a prompt differs per row
+        upper = torch.stack([p.to(layer_0.dtype).expand(batch, -1, -1) for p in hidden_prompts[1:]])  # (L-1, B|1, P, C)
+        # layer 0's rows come from the input (one per row); the others' are the prompts themselves, not B copies
+        prefix = self.stacked_keys_values(self.blocks[:1], layer_0[None]) \
+            + self.stacked_keys_values(self.blocks[1:], upper)
         if attention_mask is not None:  # the literal positions: real tokens counted after the P prompt ones
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, P:]  # (B, T - P)
             attention_mask = attention_mask[:, P:]
         if isinstance(logits_to_keep, torch.Tensor):
             logits_to_keep = logits_to_keep[:, P:]  # (an int n <= T - P keeps the same last n)
         return inputs_embeds[:, P:], attention_mask, position_ids, prefix, logits_to_keep
+
+    def stacked_keys_values(self, blocks, hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`block.attn.keys_values(block.ln_1(h))` for each of L' blocks and its (b, P, C) hidden states,
+        as three kernels: the blocks' LayerNorm and key/value weights stacked. hidden (L', b, P, C) ->
+        L' pairs (k, v), each (b, H, P, D)."""
+        L, b, P, C = hidden.shape
+        ln_1s, c_attns = [block.ln_1 for block in blocks], [block.attn.c_attn for block in blocks]
+        normed = F.layer_norm(hidden, (C,), eps=ln_1s[0].eps) * torch.stack([ln.weight for ln in ln_1s])[:, None, None]
+        if self.config.bias:
+            normed = normed + torch.stack([ln.bias for ln in ln_1s])[:, None, None]  # (L', b, P, C): each ln_1
+        keys_values = normed @ torch.stack([a.weight[C:] for a in c_attns]).transpose(1, 2)[:, None]  # (L', b, P, 2C)
+        if self.config.bias:
+            keys_values = keys_values + torch.stack([a.bias[C:] for a in c_attns])[:, None, None]  # each c_attn's
+        H, D = self.config.n_head, self.config.head_dim
+        kv = keys_values.view(L, b, P, 2, H, D).permute(0, 3, 1, 4, 2, 5)  # (L', 2, b, H, P, D)
+        return [(kv[l, 0], kv[l, 1]) for l in range(L)]
 
 
 def positions_read(logits_to_keep: int | torch.Tensor | None, T: int) -> int:

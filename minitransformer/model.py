@@ -42,7 +42,7 @@ from torch import nn
 from .attention import KVCache, attention_allowed
 from .block import Block
 from .config import ModelConfig
-from .validation import check_context, check_forward_inputs, check_logits_to_keep
+from .validation import check_context, check_forward_inputs, check_logits_to_keep, per_layer
 
 PrefixKV = Sequence[tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -122,13 +122,11 @@ class MiniTransformer(nn.Module):
         x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
         allowed = attention_allowed(attention_mask, T, prefix_len)  # (B, 1, T, P + S)
 
-        for layer, block in enumerate(self.blocks):
-            if hidden_prompts is not None and hidden_prompts[layer] is not None:
-                prompt = hidden_prompts[layer]  # (B|1, P, C): replaces the first P hidden states
+        layers = zip(self.blocks, per_layer(hidden_prompts, self.config), per_layer(prefix_kv, self.config))
+        for block, prompt, prefix in layers:  # prompt (B|1, P, C) or None; prefix (k, v), each (B|1, H, P, D), or None
+            if prompt is not None:  # replaces the first P hidden states
                 x = torch.cat([prompt.to(x.dtype).expand(B, -1, -1), x[:, prompt.shape[1]:]], dim=1)
-            prefix = prefix_kv[layer] if prefix_kv is not None else None  # (k, v), each (B|1, H, P, D)
-            seen = allowed if prefix is not None else allowed[..., prefix_len:]  # no prefix here: no P columns
-            x = block(x, seen, prefix, kv_cache)  # (B, T, C)
+            x = block(x, allowed, prefix, kv_cache)  # (B, T, C)
         return self.ln_f(rows_read(x, logits_to_keep))  # (B, T or n, C) or (N, C)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

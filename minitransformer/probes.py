@@ -100,7 +100,8 @@ def recomputed_weights(attn, x, allowed, prefix, past_k) -> torch.Tensor:
         k = torch.cat([past_k, k], dim=2)  # (B, H, S, D): the cached keys first
     if prefix is not None:
         k = torch.cat([prefix[0].to(k.dtype).expand(B, -1, -1, -1), k], dim=2)  # (B, H, P + S, D)
-    if allowed is None:  # plain causal: the T queries are the last T of the keys' positions
+    if allowed is None:  # plain causal (the engine's causal_kernel): the T queries are the last T of the keys'
         allowed = causal_mask(T, k.shape[2], x.device)  # (T, K)
+    allowed = allowed[..., -k.shape[2]:]  # as attention reads it: a layer without a prefix, the last S columns
     scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)  # (B, H, T, K)
     return F.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)

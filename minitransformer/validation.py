@@ -78,6 +78,12 @@ def check_attention_mask(attention_mask: torch.Tensor, B: int, S: int) -> None:
                          "drop the row from the batch or set its real tokens' mask to 1")
 
 
+def per_layer(hook, config: ModelConfig) -> list:
+    """A per-layer hook (`hidden_prompts`, `prefix_kv`) as one entry per layer: None (the hook
+    not used) is None at every layer."""
+    return [None] * config.n_layer if hook is None else list(hook)
+
+
 def _check_per_layer(config: ModelConfig, values, name: str) -> None:
     if len(values) != config.n_layer:
         raise ValueError(f"{name} must have one entry per layer (n_layer={config.n_layer}), got {len(values)}")

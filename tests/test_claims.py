@@ -27,6 +27,7 @@ from methods import (
 from methods.lora import LoRAConfig, LoRAModel
 from methods.train import answer_loss, make_optimizer
 from minitransformer import CharTokenizer, MiniTransformer, ModelConfig
+from minitransformer.attention import causal_mask
 from minitransformer.data import IGNORE_INDEX, example_batch
 
 ALL_METHODS = {**METHOD_FACTORIES,
@@ -175,7 +176,7 @@ def deep_prompt_by_hand(model: DeepPromptModel, ids: torch.Tensor) -> torch.Tens
     for layer, block in enumerate(base.blocks):
         if 1 <= layer < k:
             h = torch.cat([prompts[layer].expand(B, -1, -1), h[:, P_:]], dim=1)
-        h = block(h, None)  # no padding: plain causal attention
+        h = block(h, causal_mask(P_ + T, P_ + T))  # no padding: plain causal attention
     return (base.ln_f(h) @ base.wte.weight.T)[:, P_:]
 
 

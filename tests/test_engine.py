@@ -105,3 +105,19 @@ def test_the_reference_never_imports_the_engine():
         imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         assert not [m for m in imported if "engine" in m], (name, imported)
+
+
+def test_the_reference_stays_plain():
+    """The three reference files hold no device checks and at most 16 branches (`if` and
+    conditional expressions; nanoGPT's whole model.py has 16), so a shortcut for speed cannot
+    creep back into the path a student reads. Planted: `if x.device.type == "cuda":` in
+    attention.py, or any new branch. A shortcut belongs in the engine (engine.POLICY)."""
+    import ast
+    from pathlib import Path
+    branches = 0
+    for name in ("attention", "block", "model"):
+        source = (Path(engine.__file__).parent / f"{name}.py").read_text()
+        tree = ast.parse(source)
+        branches += sum(isinstance(node, (ast.If, ast.IfExp)) for node in ast.walk(tree))
+        assert not [w for w in ("device.type", "is_cuda", "_ON") if w in source], name
+    assert branches <= 16, f"{branches} branches in attention.py, block.py and model.py; move a shortcut to the engine"

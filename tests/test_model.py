@@ -7,6 +7,7 @@ import torch
 from conftest import ATOL
 
 from minitransformer import KVCache, generate
+from minitransformer.attention import attention_allowed
 
 
 def random_ids(config, B=3, T=12, seed=1):
@@ -100,6 +101,26 @@ def test_prefix_of_real_tokens_equals_those_tokens_in_front(small_model, small_c
     with_prefix = small_model(ids, prefix_kv=prefix)  # positions start at P=5 by default
     in_front = small_model(torch.cat([front, ids], dim=1))[:, 5:]
     torch.testing.assert_close(with_prefix, in_front, rtol=0, atol=ATOL)
+
+
+def test_a_prefix_on_some_layers_equals_the_blocks_run_by_hand(small_model, small_config):
+    """A prefix on the middle layer only, in a padded batch, against the blocks called one by one
+    with masks built for each (P prefix columns where the layer has a prefix, none where not).
+    Planted: a layer without a prefix reading the mask's first S columns instead of its last S,
+    or positions not starting at P."""
+    c, P, T = small_config, 3, 6
+    ids = random_ids(c, B=2, T=T, seed=7)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 left-padded
+    g = torch.Generator().manual_seed(8)
+    kv = tuple(torch.randn(1, c.n_head, P, c.head_dim, generator=g) for _ in range(2))
+    prefix_kv = [None] * c.n_layer
+    prefix_kv[1] = kv
+    h = small_model.wte(ids) + small_model.wpe((mask.cumsum(1) - 1).clamp(min=0) + P)  # (B, T, C)
+    for block, prefix in zip(small_model.blocks, prefix_kv):
+        h = block(h, attention_allowed(mask, T, P if prefix is not None else 0), prefix)
+    by_hand = small_model.head(small_model.ln_f(h))
+    ours = small_model(ids, attention_mask=mask, prefix_kv=prefix_kv)
+    torch.testing.assert_close(ours[mask.bool()], by_hand[mask.bool()], rtol=0, atol=ATOL)  # the real tokens
 
 
 def test_hidden_prompt_at_layer_zero_equals_embedding_replacement(small_model, small_config):
