@@ -104,6 +104,8 @@ def main() -> None:
                 ("CPU: cached greedy generation", "cpu_generation.json", generation_table),
                 ("GPU: prompt-training MFU (ours, bf16, compiled), the engine on, one H200", "gpu_mfu.json",
                  mfu_table),
+                ("GPU: the same on a third start of the H200, after the deep prompt's keys/values stopped being made "
+                 "B times", "gpu_mfu_c.json", mfu_table),
                 ("GPU: the same before the engine split, one H100", "gpu_mfu_h100.json", mfu_table),
                 ("GPU: the six prompt methods before the engine split, another start of the H100",
                  "gpu_mfu_repeat.json", mfu_table),
