@@ -9,6 +9,9 @@ argument of `engine.enable`, so the GPU's shortcuts run here on a CPU; nothing i
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import ATOL, METHOD_FACTORIES, P
@@ -96,12 +99,15 @@ def test_the_policy_names_real_shortcuts(small_model):
     assert all(r.why for r in POLICY.values())
 
 
+def reference_sources() -> dict[str, str]:
+    """The source of each of the three reference files (attention.py, block.py, model.py)."""
+    return {name: (Path(engine.__file__).parent / f"{name}.py").read_text() for name in ("attention", "block", "model")}
+
+
 def test_the_reference_never_imports_the_engine():
     """Planted: `from .engine import ...` in model.py (say, to switch a shortcut on from the reference)."""
-    import ast
-    from pathlib import Path
-    for name in ("attention", "block", "model"):
-        tree = ast.parse((Path(engine.__file__).parent / f"{name}.py").read_text())
+    for name, source in reference_sources().items():
+        tree = ast.parse(source)
         imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         assert not [m for m in imported if "engine" in m], (name, imported)
@@ -112,12 +118,8 @@ def test_the_reference_stays_plain():
     conditional expressions; nanoGPT's whole model.py has 16), so a shortcut for speed cannot
     creep back into the path a student reads. Planted: `if x.device.type == "cuda":` in
     attention.py, or any new branch. A shortcut belongs in the engine (engine.POLICY)."""
-    import ast
-    from pathlib import Path
     branches = 0
-    for name in ("attention", "block", "model"):
-        source = (Path(engine.__file__).parent / f"{name}.py").read_text()
-        tree = ast.parse(source)
-        branches += sum(isinstance(node, (ast.If, ast.IfExp)) for node in ast.walk(tree))
+    for name, source in reference_sources().items():
+        branches += sum(isinstance(node, (ast.If, ast.IfExp)) for node in ast.walk(ast.parse(source)))
         assert not [w for w in ("device.type", "is_cuda", "_ON") if w in source], name
     assert branches <= 16, f"{branches} branches in attention.py, block.py and model.py; move a shortcut to the engine"
